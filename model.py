@@ -215,7 +215,7 @@ class ConstantInput(nn.Module):
         self.input = nn.Parameter(torch.randn(1, channel, size, size))
 
     def forward(self, input):
-        return self.input.expand(input.shape[0], -1, -1, -1)
+        return self.input.repeat(input.shape[0], 1, 1, 1)
 
 
 class StyledConv(nn.Module):
@@ -421,3 +421,8 @@ class Discriminator(nn.Module):
 
         out = self.final_conv(out)
         return self.final_linear(out.view(batch, -1))
+
+
+# --------------------------------------------------------------------------------------------
+# Classifiers (the feedback oracle and the evaluator)
+# --------------------------------------------------------------------------------------------

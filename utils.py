@@ -6,6 +6,7 @@ Everything here is plain functions on tensors, state dicts and paths; the script
 
 import argparse
 import json
+import math
 import os
 import pickle
 import random
@@ -15,6 +16,7 @@ import tempfile
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,6 +244,367 @@ def plain_args(args):
     """vars(args) with only JSON-able values, so the checkpoint loads with weights_only=True."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     return json.loads(json.dumps(values, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Data: every dataset yields (image in [-1, 1] with 3 channels, label), the generator's space
+# --------------------------------------------------------------------------------------------
+
+DATASETS = ("mnist", "folder", "celeba", "synthetic")
+
+
+def add_data_args(parser, exclude=True):
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="mnist: torchvision MNIST under --data (downloaded when missing and online); "
+                             "folder: one subfolder of images per class (e.g. AFHQ train/{cat,dog,wild}); "
+                             "celeba: images in --data plus an attribute table --attributes; "
+                             "synthetic: generated two-class bar images for smoke tests (no files)")
+    parser.add_argument("--data", default="data", help="dataset root folder")
+    parser.add_argument("--attributes", default=None,
+                        help="celeba: attribute table (list_attr_celeba.txt or CelebAMask-HQ-attribute-anno.txt)")
+    if exclude:
+        parser.add_argument("--exclude", default=None,
+                            help="drop this class (digit, folder name) or attribute (images where it is +1)")
+    return parser
+
+
+def to_generator_space(size, channels_in):
+    """torchvision transform: resize + centre-crop to `size`, 3 channels, values in [-1, 1]."""
+    from torchvision import transforms
+
+    steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+    if channels_in == 1:
+        steps.append(transforms.Grayscale(3))
+    else:
+        steps.append(transforms.Lambda(lambda image: image.convert("RGB")))
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+    return transforms.Compose(steps)
+
+
+class SyntheticBars(torch.utils.data.Dataset):
+    """Two classes of tiny images, "horizontal" and "vertical" (a bright bar on a dark, noisy
+    background), deterministic per index: a stand-in dataset for smoke and chain tests."""
+
+    classes = ["horizontal", "vertical"]
+
+    def __init__(self, size, n=512, seed=0):
+        self.size, self.n, self.seed = size, n, seed
+        self.targets = [i % 2 for i in range(n)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        gen = torch.Generator().manual_seed(self.seed * 100003 + index)
+        image = -1 + 0.2 * torch.rand(3, self.size, self.size, generator=gen)
+        width = max(1, self.size // 4)
+        start = int(torch.randint(0, self.size - width + 1, (1,), generator=gen))
+        if self.targets[index] == 0:
+            image[:, start:start + width, :] = 0.9
+        else:
+            image[:, :, start:start + width] = 0.9
+        return image, self.targets[index]
+
+
+def read_attribute_table(path):
+    """CelebA attribute table: optional count line, a line of attribute names, then rows
+    `filename v1 ... vK` with v in {-1, 1}. Returns (names, filenames, tensor [N, K] of 0/1)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--attributes {path}: no such file")
+    with open(path) as f:
+        lines = [line.split() for line in f if line.strip()]
+    if lines and len(lines[0]) == 1 and lines[0][0].isdigit():
+        lines = lines[1:]
+    if len(lines) < 2:
+        raise UserError(f"--attributes {path}: expected a header of attribute names and one row per image")
+    names, rows = lines[0], lines[1:]
+    bad = next((i for i, row in enumerate(rows) if len(row) != len(names) + 1), None)
+    if bad is not None:
+        raise UserError(f"--attributes {path}: row {bad + 1} has {len(rows[bad]) - 1} values for "
+                        f"{len(names)} attributes")
+    values = torch.tensor([[int(v) for v in row[1:]] for row in rows])
+    return names, [row[0] for row in rows], (values > 0).to(torch.float32)
+
+
+class AttributeImages(torch.utils.data.Dataset):
+    """Images named by an attribute table; the label is the 0/1 attribute vector."""
+
+    def __init__(self, root, filenames, attributes, transform):
+        self.root, self.filenames, self.attributes, self.transform = root, filenames, attributes, transform
+        self.classes = None
+
+    def __len__(self):
+        return len(self.filenames)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        with Image.open(os.path.join(self.root, self.filenames[index])) as image:
+            return self.transform(image), self.attributes[index]
+
+
+def _load_mnist(root, train):
+    from torchvision.datasets import MNIST
+
+    try:
+        return MNIST(root, train=train, download=False)
+    except RuntimeError:
+        pass
+    try:
+        return MNIST(root, train=train, download=True)
+    except Exception as err:  # no network, proxy, a partial download: all end the same way
+        raise UserError(f"MNIST is not under {os.path.join(root, 'MNIST', 'raw')} and could not be downloaded "
+                        f"({type(err).__name__}); put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                        f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz) there")
+
+
+def load_dataset(kind, root, size, train=True, attributes=None, exclude=None, verbose=True):
+    """The dataset `kind` at `size` px in the generator's space, optionally without a class or
+    attribute. Returns (dataset, info) with info = {classes, attributes, multilabel, kept, dropped}."""
+    info = {"classes": None, "attributes": None, "multilabel": kind == "celeba"}
+    if kind == "synthetic":
+        dataset = SyntheticBars(size, seed=0 if train else 1)
+        labels, info["classes"] = dataset.targets, SyntheticBars.classes
+    elif kind == "mnist":
+        mnist = _load_mnist(root, train)
+        transform = to_generator_space(size, 1)
+        dataset = _Transformed(mnist, transform)
+        labels, info["classes"] = mnist.targets.tolist(), [str(i) for i in range(10)]
+    elif kind == "folder":
+        from torchvision.datasets import ImageFolder
+
+        if not os.path.isdir(root):
+            raise UserError(f"--data {root}: no such folder")
+        try:
+            dataset = ImageFolder(root, transform=to_generator_space(size, 3))
+        except (FileNotFoundError, RuntimeError) as err:
+            raise UserError(f"--data {root}: {str(err).splitlines()[0]}")
+        labels, info["classes"] = dataset.targets, dataset.classes
+    elif kind == "celeba":
+        if not os.path.isdir(root):
+            raise UserError(f"--data {root}: no such folder")
+        if attributes is None:
+            raise UserError("--dataset celeba needs --attributes FILE (the attribute table)")
+        names, filenames, values = read_attribute_table(attributes)
+        missing = [name for name in filenames if not os.path.isfile(os.path.join(root, name))]
+        if missing:
+            raise UserError(f"--attributes {attributes}: {len(missing)} of its {len(filenames)} rows name images "
+                            f"not in --data {root} (e.g. {missing[0]}); the table and the folder do not match")
+        dataset = AttributeImages(root, filenames, values, to_generator_space(size, 3))
+        info["attributes"] = names
+        labels = values
+    else:
+        raise UserError(f"unknown dataset {kind}; choose one of {', '.join(DATASETS)}")
+
+    if exclude is not None:
+        keep = _keep_mask(labels, info, exclude)
+        indices = [i for i, k in enumerate(keep) if k]
+        info["dropped"] = len(keep) - len(indices)
+        dataset = torch.utils.data.Subset(dataset, indices)
+        if verbose:
+            print(f"--exclude {exclude}: kept {len(indices)} images, dropped {info['dropped']}")
+    else:
+        info["dropped"] = 0
+    info["kept"] = len(dataset)
+    if len(dataset) == 0:
+        raise UserError(f"no images left in {kind} dataset at {root}")
+    return dataset, info
+
+
+def _keep_mask(labels, info, exclude):
+    if info["attributes"] is not None:
+        if exclude not in info["attributes"]:
+            raise UserError(f"--exclude {exclude}: not an attribute of the table "
+                            f"(e.g. {', '.join(info['attributes'][:5])}, ...)")
+        return (labels[:, info["attributes"].index(exclude)] == 0).tolist()
+    if exclude not in info["classes"]:
+        raise UserError(f"--exclude {exclude}: not a class of this dataset ({', '.join(info['classes'])})")
+    target = info["classes"].index(exclude)
+    return [label != target for label in labels]
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """A torchvision dataset with our transform, without touching its own."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def infinite_loader(loader, sampler=None):
+    """Batches forever, reshuffling each epoch (DistributedSampler needs set_epoch)."""
+    epoch = 0
+    while True:
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+        epoch += 1
+
+
+def save_image_grid(images, path, nrow=8):
+    """Save images in [-1, 1] as one PNG grid (atomically)."""
+    from torchvision.utils import make_grid
+    from PIL import Image
+
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True,
+                     value_range=(-1, 1), padding=1)
+    array = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling, classifiers and metrics (shared by train_classifier, negative_adapt and evaluate)
+# --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# GAN training: rosinality's recipe, shared by pre-training, Stage 1, Stage 2 and the baselines
+# --------------------------------------------------------------------------------------------
+
+
+def add_gan_training_args(parser):
+    """The flags of the StyleGAN2 training recipe, with rosinality's defaults."""
+    parser.add_argument("--batch", type=int, default=16, help="batch size (over all processes)")
+    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
+    parser.add_argument("--r1", type=float, default=10, help="R1 penalty weight gamma on real images")
+    parser.add_argument("--d_reg_every", type=int, default=16, help="lazy R1: apply every this many steps (0 = never)")
+    parser.add_argument("--path_regularize", type=float, default=2, help="path-length regularisation weight")
+    parser.add_argument("--path_batch_shrink", type=int, default=2, help="batch divisor for the path-length pass")
+    parser.add_argument("--g_reg_every", type=int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
+    parser.add_argument("--mixing", type=float, default=0.9, help="probability of style mixing (two latents)")
+    parser.add_argument("--ema_kimg", type=float, default=10,
+                        help="EMA half-life in thousands of images: decay = 0.5 ** (32 / (ema_kimg * 1000))")
+    return parser
+
+
+def make_optimizers(g, d, args, g_params=None):
+    """Adam for G and D with the lazy-regularisation ratio c = k / (k + 1) on lr and betas."""
+    def adam(params, reg_every):
+        ratio = reg_every / (reg_every + 1) if reg_every > 0 else 1
+        return torch.optim.Adam(params, lr=args.lr * ratio, betas=(0.0, 0.99 ** ratio))
+    g_params = list(g.parameters()) if g_params is None else g_params
+    return adam(g_params, args.g_reg_every), adam(d.parameters(), args.d_reg_every)
+
+
+def ema_decay(args):
+    return 0.5 ** (32 / (args.ema_kimg * 1000))
+
+
+@torch.no_grad()
+def accumulate(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, on all parameters at once."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+
+def mixing_noise(batch, latent_dim, prob, device):
+    """One latent batch, or two (for style mixing) with probability `prob`."""
+    if prob > 0 and random.random() < prob:
+        return list(torch.randn(2, batch, latent_dim, device=device).unbind(0))
+    return [torch.randn(batch, latent_dim, device=device)]
+
+
+def d_logistic_loss(real_pred, fake_pred):
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def d_r1_loss(real_pred, real_img):
+    """R1: the squared norm of D's gradient at the real images, averaged over the batch."""
+    (grad_real,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    return grad_real.square().reshape(grad_real.shape[0], -1).sum(1).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+    return F.softplus(-fake_pred).mean()
+
+
+def g_path_regularize(fake_img, latents, mean_path_length, decay=0.01):
+    """Path-length penalty: deviation of |J_w^T y| (y random image-space noise) from its running mean."""
+    noise = torch.randn_like(fake_img) / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
+    (grad,) = torch.autograd.grad((fake_img * noise).sum(), latents, create_graph=True)
+    path_lengths = grad.square().sum(2).mean(1).sqrt()
+    path_mean = mean_path_length + decay * (path_lengths.mean().detach() - mean_path_length)
+    return (path_lengths - path_mean).square().mean(), path_mean.detach(), path_lengths
+
+
+class GANStep:
+    """One iteration of the StyleGAN2 recipe (non-saturating loss, lazy R1 and path-length
+    regularisation, EMA), used unchanged by every stage that trains a GAN.
+
+    `g_extra_loss(g)`, if given, returns a term added to the generator's loss (EWC, repulsion,
+    l1); `g_params` restricts which generator tensors the optimizer updates (CF-k, EU-k).
+    """
+
+    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, device="cpu"):
+        self.g, self.d, self.g_ema, self.args = g, d, g_ema, args
+        self.g_optim, self.d_optim = g_optim, d_optim
+        self.g_extra_loss = g_extra_loss
+        self.device = device
+        self.decay = ema_decay(args)
+        self.mean_path_length = torch.zeros((), device=device)
+        self.style_dim = g.style_dim if hasattr(g, "style_dim") else g.module.style_dim
+
+    def __call__(self, real_img, step):
+        """Train on one batch of real images; returns a dict of detached scalar losses."""
+        args, g, d = self.args, self.g, self.d
+        batch = real_img.shape[0]
+        losses = {}
+
+        # discriminator
+        g.requires_grad_(False)
+        d.requires_grad_(True)
+        fake_img, _ = g(mixing_noise(batch, self.style_dim, args.mixing, self.device))
+        d_loss = d_logistic_loss(d(real_img), d(fake_img))
+        d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optim.step()
+        losses["d"] = d_loss.detach()
+
+        if args.d_reg_every > 0 and step % args.d_reg_every == 0:
+            real_img = real_img.detach().requires_grad_(True)
+            r1 = d_r1_loss(d(real_img), real_img)
+            d.zero_grad(set_to_none=True)
+            # the penalty is applied every d_reg_every steps, so it is scaled up by that much
+            (args.r1 / 2 * r1 * args.d_reg_every).backward()
+            self.d_optim.step()
+            losses["r1"] = r1.detach()
+
+        # generator
+        g.requires_grad_(True)
+        d.requires_grad_(False)
+        fake_img, _ = g(mixing_noise(batch, self.style_dim, args.mixing, self.device))
+        g_loss = g_nonsaturating_loss(d(fake_img))
+        losses["g"] = g_loss.detach()
+        if self.g_extra_loss is not None:
+            extra = self.g_extra_loss(g)
+            g_loss = g_loss + extra
+            losses["extra"] = extra.detach()
+        g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optim.step()
+
+        if args.g_reg_every > 0 and args.path_regularize > 0 and step % args.g_reg_every == 0:
+            path_batch = max(1, batch // args.path_batch_shrink)
+            fake_img, latents = g(mixing_noise(path_batch, self.style_dim, args.mixing, self.device),
+                                  return_latents=True)
+            path_loss, self.mean_path_length, _ = g_path_regularize(fake_img, latents, self.mean_path_length)
+            g.zero_grad(set_to_none=True)
+            weighted = args.path_regularize * args.g_reg_every * path_loss
+            # keeps the first layer in the graph under DDP (rosinality's trick); adds zero
+            weighted = weighted + 0 * fake_img[0, 0, 0, 0]
+            weighted.backward()
+            self.g_optim.step()
+            losses["path"] = path_loss.detach()
+
+        accumulate(self.g_ema, g.module if hasattr(g, "module") else g, self.decay)
+        return losses
 
 
 # --------------------------------------------------------------------------------------------
