@@ -74,7 +74,7 @@ def atomic_write(path, write):
     """Call `write(file)` on a temporary file beside `path`, then move it into place: readers
     (and a run killed mid-write) see the old file or the new one, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -534,12 +534,29 @@ def g_path_regularize(fake_img, latents, mean_path_length, decay=0.01):
     return (path_lengths - path_mean).square().mean(), path_mean.detach(), path_lengths
 
 
+def all_reduce_gradients(module):
+    """Average the gradients of `module` over all processes (a no-op without torch.distributed).
+
+    Used instead of DistributedDataParallel: the regularisers differentiate through D and G with
+    autograd.grad, which DDP's gradient hooks do not support."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
 class GANStep:
     """One iteration of the StyleGAN2 recipe (non-saturating loss, lazy R1 and path-length
     regularisation, EMA), used unchanged by every stage that trains a GAN.
 
     `g_extra_loss(g)`, if given, returns a term added to the generator's loss (EWC, repulsion,
-    l1); `g_params` restricts which generator tensors the optimizer updates (CF-k, EU-k).
+    l1); the optimizers decide which tensors are updated (CF-k and EU-k give G's a subset).
+    Under torch.distributed every process runs it on its own batch and gradients are averaged.
     """
 
     def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, device="cpu"):
@@ -549,61 +566,55 @@ class GANStep:
         self.device = device
         self.decay = ema_decay(args)
         self.mean_path_length = torch.zeros((), device=device)
-        self.style_dim = g.style_dim if hasattr(g, "style_dim") else g.module.style_dim
+
+    def _update(self, loss, module, optim):
+        module.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_gradients(module)
+        optim.step()
 
     def __call__(self, real_img, step):
         """Train on one batch of real images; returns a dict of detached scalar losses."""
         args, g, d = self.args, self.g, self.d
-        batch = real_img.shape[0]
+        batch, style_dim = real_img.shape[0], g.style_dim
         losses = {}
 
         # discriminator
         g.requires_grad_(False)
         d.requires_grad_(True)
-        fake_img, _ = g(mixing_noise(batch, self.style_dim, args.mixing, self.device))
+        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
         d_loss = d_logistic_loss(d(real_img), d(fake_img))
-        d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optim.step()
+        self._update(d_loss, d, self.d_optim)
         losses["d"] = d_loss.detach()
 
         if args.d_reg_every > 0 and step % args.d_reg_every == 0:
             real_img = real_img.detach().requires_grad_(True)
             r1 = d_r1_loss(d(real_img), real_img)
-            d.zero_grad(set_to_none=True)
-            # the penalty is applied every d_reg_every steps, so it is scaled up by that much
-            (args.r1 / 2 * r1 * args.d_reg_every).backward()
-            self.d_optim.step()
+            # applied every d_reg_every steps, so scaled up by as much
+            self._update(args.r1 / 2 * r1 * args.d_reg_every, d, self.d_optim)
             losses["r1"] = r1.detach()
 
         # generator
         g.requires_grad_(True)
         d.requires_grad_(False)
-        fake_img, _ = g(mixing_noise(batch, self.style_dim, args.mixing, self.device))
+        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
         g_loss = g_nonsaturating_loss(d(fake_img))
         losses["g"] = g_loss.detach()
         if self.g_extra_loss is not None:
             extra = self.g_extra_loss(g)
             g_loss = g_loss + extra
             losses["extra"] = extra.detach()
-        g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.g_optim.step()
+        self._update(g_loss, g, self.g_optim)
 
         if args.g_reg_every > 0 and args.path_regularize > 0 and step % args.g_reg_every == 0:
             path_batch = max(1, batch // args.path_batch_shrink)
-            fake_img, latents = g(mixing_noise(path_batch, self.style_dim, args.mixing, self.device),
+            fake_img, latents = g(mixing_noise(path_batch, style_dim, args.mixing, self.device),
                                   return_latents=True)
             path_loss, self.mean_path_length, _ = g_path_regularize(fake_img, latents, self.mean_path_length)
-            g.zero_grad(set_to_none=True)
-            weighted = args.path_regularize * args.g_reg_every * path_loss
-            # keeps the first layer in the graph under DDP (rosinality's trick); adds zero
-            weighted = weighted + 0 * fake_img[0, 0, 0, 0]
-            weighted.backward()
-            self.g_optim.step()
+            self._update(args.path_regularize * args.g_reg_every * path_loss, g, self.g_optim)
             losses["path"] = path_loss.detach()
 
-        accumulate(self.g_ema, g.module if hasattr(g, "module") else g, self.decay)
+        accumulate(self.g_ema, g, self.decay)
         return losses
 
 

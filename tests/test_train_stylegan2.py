@@ -1,0 +1,166 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_stylegan2.py")
+MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")
+TINY = ["--dataset", "synthetic", "--size", "8", "--style_dim", "8", "--n_mlp", "1", "--channel_max", "8",
+        "--batch", "4", "--workers", "0", "--sample_every", "1000", "--n_sample", "4"]
+
+
+def run(*args, check=True, **kwargs):
+    done = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, **kwargs)
+    if check and done.returncode != 0:
+        raise AssertionError(done.stderr[-3000:])
+    return done
+
+
+def test_tiny_run_writes_loadable_checkpoints(tmp_path):
+    out = str(tmp_path / "run")
+    run(*TINY, "--iter", "6", "--save_every", "3", "--out", out)
+    assert sorted(os.listdir(os.path.join(out, "checkpoint"))) == ["000003.pt"]
+    assert os.path.exists(os.path.join(out, "args.json"))
+    assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "sample")))
+    nets, ckpt = utils.load_stylegan2(os.path.join(out, "final.pt"))
+    assert ckpt["step"] == 6 and ckpt["model_args"]["size"] == 8 and ckpt["args"]["iter"] == 6
+    assert {"g_optim", "d_optim", "rng", "sources"} <= set(ckpt)
+    images, _ = nets["g_ema"].eval()([torch.randn(2, 8)])
+    assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+    # g_ema is an average of g, not g itself
+    assert any(not torch.equal(a, b) for a, b in zip(nets["g"].parameters(), nets["g_ema"].parameters()))
+
+
+def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
+    out = str(tmp_path / "run")
+    process = subprocess.Popen([sys.executable, SCRIPT, *TINY, "--iter", "100000", "--save_every", "2",
+                                "--out", out], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = os.path.join(out, "checkpoint")
+
+    def saved():  # a write cut short by the kill leaves a hidden .tmp file, never a partial .pt
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        return sorted(name for name in names if name.endswith(".pt") and not name.startswith("."))
+
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and len(saved()) < 2:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    saved = saved()
+    assert len(saved) >= 2
+    for name in saved:  # every checkpoint that exists is whole
+        utils.load_stylegan2(os.path.join(folder, name))
+    last = os.path.join(folder, saved[-1])
+    last_step = utils.load_checkpoint(last)["step"]
+
+    done = run(*TINY, "--ckpt", last, "--iter", str(last_step + 2), "--save_every", "1000",
+               "--out", str(tmp_path / "resumed"))
+    assert f"resuming {last} at step {last_step}" in done.stdout
+    resumed = utils.load_checkpoint(str(tmp_path / "resumed" / "final.pt"))
+    assert resumed["step"] == last_step + 2
+    assert resumed["sources"]["resumed_from"] == os.path.abspath(last)
+
+
+def test_synthetic_exclude_counts():
+    dataset, info = utils.load_dataset("synthetic", None, 8, exclude="vertical", verbose=False)
+    assert (info["kept"], info["dropped"]) == (256, 256)
+    assert all(dataset[i][1] == 0 for i in range(0, 256, 37))
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST5K), reason="../shared/data/mnist5k absent")
+def test_mnist_exclude_keeps_exactly_the_other_digits():
+    from torchvision.datasets import MNIST
+
+    labels = MNIST(MNIST5K, train=True).targets
+    dataset, info = utils.load_dataset("mnist", MNIST5K, 32, exclude="8", verbose=False)
+    assert info["kept"] == int((labels != 8).sum()) and info["dropped"] == int((labels == 8).sum())
+    assert all(dataset[i][1] != 8 for i in range(len(dataset)))
+    image, _ = dataset[0]
+    assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
+    assert torch.equal(image[0], image[1])  # gray replicated to 3 channels
+
+
+def test_celeba_attribute_table(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 24), (i * 60, 0, 0)).save(images / f"{i}.jpg")
+    table = tmp_path / "attr.txt"
+    table.write_text("4\nBangs Eyeglasses\n0.jpg 1 -1\n1.jpg -1 -1\n2.jpg 1 1\n3.jpg -1 1\n")
+    dataset, info = utils.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Bangs",
+                                       verbose=False)
+    assert (info["kept"], info["dropped"]) == (2, 2) and info["attributes"] == ["Bangs", "Eyeglasses"]
+    image, attributes = dataset[1]
+    assert image.shape == (3, 16, 16) and attributes.tolist() == [0.0, 1.0]
+
+    table.write_text("Bangs Eyeglasses\n0.jpg 1 -1\n9.jpg -1 -1\n")
+    with pytest.raises(utils.UserError, match="do not match"):
+        utils.load_dataset("celeba", str(images), 16, attributes=str(table))
+    with pytest.raises(utils.UserError, match="not an attribute"):
+        table.write_text("Bangs Eyeglasses\n0.jpg 1 -1\n")
+        utils.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Hat")
+
+
+def test_folder_dataset_and_exclude(tmp_path):
+    from PIL import Image
+
+    for name, count in (("cat", 3), ("dog", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (30, 20), (0, 99, 0)).save(tmp_path / name / f"{i}.png")
+    dataset, info = utils.load_dataset("folder", str(tmp_path), 16, exclude="cat", verbose=False)
+    assert info["classes"] == ["cat", "dog"] and info["kept"] == 2
+    assert dataset[0][0].shape == (3, 16, 16) and dataset[0][1] == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--exclude", "diagonal"], "not a class"),
+    (["--size", "12"], "power of two"),
+    (["--batch", "3"], "not divisible"),  # under 2 processes, see WORLD_SIZE below
+    (["--dataset", "folder", "--data", "no/such/folder"], "no such folder"),
+    (["--dataset", "celeba", "--data", "."], "needs --attributes"),
+])
+def test_bad_input_is_one_line(tmp_path, extra, message):
+    env = dict(os.environ)
+    if "--batch" in extra:
+        env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
+    done = run(*TINY, "--iter", "1", "--out", str(tmp_path / "x"), *extra, check=False, env=env, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_resume_with_other_architecture_is_one_line(tmp_path):
+    out = str(tmp_path / "run")
+    run(*TINY, "--iter", "1", "--out", out)
+    done = run(*TINY, "--iter", "3", "--ckpt", os.path.join(out, "final.pt"), "--channel_max", "16",
+               "--out", out, check=False)
+    assert done.returncode == 2 and "channel_max 8 in the file vs 16 asked for" in done.stderr
+
+
+def test_unwritable_out_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run(*TINY, "--iter", "1", "--out", str(blocker / "sub"), check=False)
+    assert done.returncode == 2 and "cannot write to --out" in done.stderr
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = str(tmp_path / "ddp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+               SCRIPT, *TINY, "--iter", "3", "--out", out]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = utils.load_checkpoint(os.path.join(out, "final.pt"), "stylegan2")
+    assert ckpt["step"] == 3

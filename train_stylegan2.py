@@ -1,0 +1,195 @@
+"""Train StyleGAN2 on MNIST, a folder of class subfolders, or CelebA(-HQ) with attributes.
+
+    python train_stylegan2.py --dataset mnist --data data --size 32 --style_dim 128 --out runs/mnist
+    python train_stylegan2.py --dataset mnist --data data --exclude 8 --out runs/mnist_no8   # "Retraining"
+    torchrun --nproc_per_node=4 train_stylegan2.py --dataset celeba --data celeba_hq/images \\
+        --attributes CelebAMask-HQ-attribute-anno.txt --size 256 --style_dim 512 --out runs/celeba
+
+Writes OUT/checkpoint/{step:06d}.pt every --save_every steps and OUT/final.pt at the end (the
+design.md "stylegan2" format: rosinality's keys plus kind, model_args, step, args, sources), sample
+grids of a fixed latent batch to OUT/sample/{step:06d}.png, and OUT/args.json. `--ckpt` resumes a
+run from any of its checkpoints (models, optimisers, EMA, step, random state).
+"""
+
+import argparse
+import os
+import random
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import utils
+
+PAPER_MODEL_ARGS = dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512)
+
+
+def setup_distributed(device):
+    """(rank, world size, device) under torchrun; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
+def build_or_resume(args):
+    """(networks on the CPU, model_args, the resumed checkpoint or None). Resuming reads the
+    architecture from the checkpoint; architecture flags that are given must agree with it."""
+    given = {k: getattr(args, k) for k in utils.MODEL_ARG_NAMES if getattr(args, k) is not None}
+    if args.ckpt:
+        nets, resumed = utils.load_stylegan2(args.ckpt, expect_model_args=given)
+        return nets, resumed["model_args"], resumed
+    model_args = {**PAPER_MODEL_ARGS, **given}
+    try:
+        return utils.build_stylegan2(model_args), model_args, None
+    except ValueError as err:
+        raise utils.UserError(f"--size: {err}")
+
+
+def rng_state():
+    state = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": [state[0], list(state[1]), state[2]]}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+
+
+def make_loader(dataset, batch, workers, rank, world):
+    sampler = (torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=True, drop_last=True)
+               if world > 1 else torch.utils.data.RandomSampler(dataset))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0)
+    if len(loader) == 0:
+        raise utils.UserError(f"{len(dataset)} images cannot fill one batch of {batch} per process; lower --batch")
+    return utils.infinite_loader(loader, sampler)
+
+
+def save(path, nets, optimizers, model_args, args, step, sources, gan_step):
+    ckpt = utils.stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers)
+    ckpt["rng"] = rng_state()
+    ckpt["mean_path_length"] = float(gan_step.mean_path_length)
+    utils.save_checkpoint(ckpt, path)
+
+
+def train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,
+          sources):
+    g, d, g_ema = nets["g"], nets["d"], nets["g_ema"]
+    if world > 1:  # same starting weights everywhere; GANStep then averages the gradients
+        for tensor in list(g.state_dict().values()) + list(d.state_dict().values()) + list(g_ema.state_dict().values()):
+            dist.broadcast(tensor, 0)
+    gan_step = utils.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"], device=device)
+    gan_step.mean_path_length.fill_(mean_path_length)
+
+    last_saved = args.ckpt
+    bar = tqdm(range(start, args.iter), initial=start, total=args.iter, disable=rank != 0,
+               dynamic_ncols=True, smoothing=0.1)
+    for step in bar:
+        real, _ = next(data)
+        losses = gan_step(real.to(device, non_blocking=True), step)
+        done = step + 1
+
+        if step % args.log_every == 0 or done == args.iter:
+            values = {k: float(v) for k, v in losses.items()}
+            if not all(map(torch.isfinite, map(torch.tensor, values.values()))):
+                raise utils.UserError(f"a loss became NaN or infinite at step {step} ({values}); "
+                                      f"last good checkpoint: {last_saved or 'none'}; lower --lr or resume from it")
+            bar.set_description(" ".join(f"{k} {v:.3f}" for k, v in values.items()))
+
+        if rank == 0 and (step % args.sample_every == 0 or done == args.iter):
+            with torch.no_grad():
+                images, _ = g_ema([sample_z], randomize_noise=False)
+            utils.save_image_grid(images, os.path.join(args.out, "sample", f"{done:06d}.png"),
+                                  nrow=int(len(sample_z) ** 0.5))
+        if rank == 0 and done % args.save_every == 0 and done < args.iter:
+            last_saved = os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
+            save(last_saved, nets, optimizers, model_args, args, done, sources, gan_step)
+    if rank == 0:
+        final = os.path.join(args.out, "final.pt")
+        save(final, nets, optimizers, model_args, args, args.iter, sources, gan_step)
+        print(f"wrote {final}")
+
+
+def main(args):
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if args.batch % world:
+        raise utils.UserError(f"--batch {args.batch} is not divisible by the {world} processes")
+    rank, world, device = setup_distributed(args.device)
+    if rank == 0:
+        utils.prepare_out_dir(args.out)
+        for sub in ("checkpoint", "sample"):
+            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+
+    nets, model_args, resumed = build_or_resume(args)
+    for net in nets.values():
+        net.to(device)
+    nets["g_ema"].eval()
+    optimizers = dict(zip(("g_optim", "d_optim"), utils.make_optimizers(nets["g"], nets["d"], args)))
+
+    start, mean_path_length = 0, 0.0
+    if resumed is not None:
+        for name, optim in optimizers.items():
+            if name in resumed:
+                optim.load_state_dict(resumed[name])
+        start = int(resumed.get("step", 0))
+        mean_path_length = resumed.get("mean_path_length", 0.0)
+        if start >= args.iter:
+            raise utils.UserError(f"--ckpt {args.ckpt} is at step {start}; raise --iter above it to train on")
+        if rank == 0:
+            print(f"resuming {args.ckpt} at step {start}")
+
+    utils.seed_everything(args.seed)
+    sample_z = torch.randn(args.n_sample, model_args["style_dim"], device=device)
+    if resumed is not None and "rng" in resumed:
+        set_rng_state(resumed["rng"])
+    else:
+        utils.seed_everything(args.seed + rank + 1)  # different noise per process
+
+    dataset, info = utils.load_dataset(args.dataset, args.data, model_args["size"], train=True,
+                                       attributes=args.attributes, exclude=args.exclude, verbose=rank == 0)
+    if rank == 0:
+        print(f"{args.dataset}: {info['kept']} training images at {model_args['size']} px; "
+              f"model {utils.describe_model_args(model_args)}")
+        utils.write_args_json(args.out, args)
+    data = make_loader(dataset, args.batch // world, args.workers, rank, world)
+    sources = {"data": os.path.abspath(args.data) if args.dataset != "synthetic" else "synthetic"}
+    if args.attributes:
+        sources["attributes"] = os.path.abspath(args.attributes)
+    if args.ckpt:
+        sources["resumed_from"] = os.path.abspath(args.ckpt)
+
+    try:
+        train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,
+              sources)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    utils.add_data_args(parser)
+    parser.add_argument("--out", default="runs/stylegan2", help="output folder")
+    parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
+    parser.add_argument("--ckpt", default=None, help="resume from this checkpoint of a run (architecture is read from it)")
+    parser.add_argument("--size", type=int, default=None, help="image size, a power of two (default 32)")
+    parser.add_argument("--style_dim", type=int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
+    parser.add_argument("--n_mlp", type=int, default=None, help="mapping network layers (default 8)")
+    parser.add_argument("--channel_multiplier", type=int, default=None, help="channel multiplier (default 2, config-f)")
+    parser.add_argument("--channel_max", type=int, default=None,
+                        help="cap on every layer's width (default 512 = rosinality's networks; e.g. 64 on a CPU)")
+    utils.add_gan_training_args(parser)
+    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
+    parser.add_argument("--sample_every", type=int, default=1000, help="save a sample grid every this many steps")
+    parser.add_argument("--save_every", type=int, default=10000, help="save a checkpoint every this many steps")
+    parser.add_argument("--log_every", type=int, default=10, help="update the progress bar (and check for NaN) every this many steps")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu (default: cuda when available)")
+    utils.run_cli(main, parser.parse_args())
