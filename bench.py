@@ -170,7 +170,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
     parser.add_argument("--size", type=int, default=32, help="image size")
     parser.add_argument("--style_dim", type=int, default=128, help="latent / style dimension")
     parser.add_argument("--n_mlp", type=int, default=8, help="mapping network depth")

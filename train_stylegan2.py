@@ -5,10 +5,11 @@
     torchrun --nproc_per_node=4 train_stylegan2.py --dataset celeba --data celeba_hq/images \\
         --attributes CelebAMask-HQ-attribute-anno.txt --size 256 --style_dim 512 --out runs/celeba
 
-Writes OUT/checkpoint/{step:06d}.pt every --save_every steps and OUT/final.pt at the end (the
-design.md "stylegan2" format: rosinality's keys plus kind, model_args, step, args, sources), sample
-grids of a fixed latent batch to OUT/sample/{step:06d}.png, and OUT/args.json. `--ckpt` resumes a
-run from any of its checkpoints (models, optimisers, EMA, step, random state).
+Writes OUT/checkpoint/{step:06d}.pt every --save_every steps and OUT/final.pt at the end
+(rosinality's keys g, d, g_ema, g_optim, d_optim plus kind, model_args, step, args, sources; later
+stages read the architecture from model_args), sample grids of a fixed latent batch to
+OUT/sample/{step:06d}.png, and OUT/args.json. `--ckpt` resumes a run from any of its checkpoints
+(models, optimisers, EMA, step, random state).
 """
 
 import argparse
@@ -173,7 +174,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
     utils.add_data_args(parser)
     parser.add_argument("--out", default="runs/stylegan2", help="output folder")
     parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
