@@ -18,7 +18,6 @@ import random
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 import utils
 
@@ -88,29 +87,25 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
     gan_step = utils.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"], device=device)
     gan_step.mean_path_length.fill_(mean_path_length)
 
-    last_saved = args.ckpt
-    bar = tqdm(range(start, args.iter), initial=start, total=args.iter, disable=rank != 0,
-               dynamic_ncols=True, smoothing=0.1)
-    for step in bar:
+    def next_batch():
         real, _ = next(data)
-        losses = gan_step(real.to(device, non_blocking=True), step)
-        done = step + 1
+        return real.to(device, non_blocking=True)
 
-        if step % args.log_every == 0 or done == args.iter:
-            values = {k: float(v) for k, v in losses.items()}
-            if not all(map(torch.isfinite, map(torch.tensor, values.values()))):
-                raise utils.UserError(f"a loss became NaN or infinite at step {step} ({values}); "
-                                      f"last good checkpoint: {last_saved or 'none'}; lower --lr or resume from it")
-            bar.set_description(" ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    def sample(done):
+        with torch.no_grad():
+            images, _ = g_ema([sample_z], randomize_noise=False)
+        utils.save_image_grid(images, os.path.join(args.out, "sample", f"{done:06d}.png"),
+                              nrow=int(len(sample_z) ** 0.5))
 
-        if rank == 0 and (step % args.sample_every == 0 or done == args.iter):
-            with torch.no_grad():
-                images, _ = g_ema([sample_z], randomize_noise=False)
-            utils.save_image_grid(images, os.path.join(args.out, "sample", f"{done:06d}.png"),
-                                  nrow=int(len(sample_z) ** 0.5))
-        if rank == 0 and done % args.save_every == 0 and done < args.iter:
-            last_saved = os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
-            save(last_saved, nets, optimizers, model_args, args, done, sources, gan_step)
+    def save_checkpoint(done):
+        path = os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
+        save(path, nets, optimizers, model_args, args, done, sources, gan_step)
+        return path
+
+    utils.run_gan_training(gan_step, next_batch, start, args.iter, args.log_every,
+                           sample if rank == 0 else None, args.sample_every,
+                           save_checkpoint if rank == 0 else None, args.save_every,
+                           last_good=args.ckpt, show=rank == 0)
     if rank == 0:
         final = os.path.join(args.out, "final.pt")
         save(final, nets, optimizers, model_args, args, args.iter, sources, gan_step)

@@ -5,6 +5,7 @@ Everything here is plain functions on tensors, state dicts and paths; the script
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -573,27 +574,23 @@ def label_counts(logits, meta):
     return torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1])
 
 
-# Sampling: each sample i under a seed has its own torch.Generator, so its latent and its noise
-# maps are the same whatever the batch size, the number of samples or the device.
-
-
-def sample_seed(seed, index):
-    """The torch.Generator seed of sample `index` under `seed` (both >= 0)."""
-    if seed < 0 or index < 0:
-        raise ValueError("seeds and sample indices must be >= 0")
-    return (seed << 32) + index
+# Sampling: each sample i under a seed has its own random stream, numpy's default_rng([seed, i])
+# (PCG64 keyed by both numbers; torch's CPU generator keeps only 32 bits of a seed), so its latent
+# and its noise maps are the same whatever the batch size, the number of samples or the device.
 
 
 def seeded_inputs(g, indices, seed):
     """Latents z ~ N(0, I) [B, style_dim] and, when `g` has noise buffers, one noise map per layer
-    [B, 1, h, w], for the samples `indices` under `seed` (on the CPU)."""
+    [B, 1, h, w], for the samples `indices` under `seed` (float32, on the CPU)."""
+    if seed < 0:
+        raise ValueError("the seed must be >= 0")
     shapes = [tuple(buf.shape[-2:]) for buf in g.noises.buffers()] if hasattr(g, "noises") else []
     zs, noises = [], [[] for _ in shapes]
     for index in indices:
-        gen = torch.Generator().manual_seed(sample_seed(seed, index))
-        zs.append(torch.randn(g.style_dim, generator=gen))
+        rng = np.random.default_rng([seed, index])
+        zs.append(torch.from_numpy(rng.standard_normal(g.style_dim, dtype=np.float32)))
         for maps, shape in zip(noises, shapes):
-            maps.append(torch.randn(1, *shape, generator=gen))
+            maps.append(torch.from_numpy(rng.standard_normal((1, *shape), dtype=np.float32)))
     return torch.stack(zs), [torch.stack(maps) for maps in noises]
 
 
@@ -906,6 +903,73 @@ class GANStep:
 
         accumulate(self.g_ema, g, self.decay)
         return losses
+
+
+def run_gan_training(gan_step, next_batch, start, iters, log_every=10, sample=None, sample_every=0,
+                     save=None, save_every=0, last_good=None, show=True, desc=""):
+    """Run steps start..iters-1 of `gan_step` on batches from `next_batch()`, with a progress bar.
+
+    `sample(done)` runs every `sample_every` steps and after the last one; `save(done)` runs
+    every `save_every` steps before the last one and returns the path it wrote (the caller
+    writes its own final file). A NaN or infinite loss stops the run with a one-line UserError
+    naming the step and the last checkpoint written (or `last_good`).
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(range(start, iters), initial=start, total=iters, disable=not show, dynamic_ncols=True,
+               smoothing=0.1)
+    for step in bar:
+        losses = gan_step(next_batch(), step)
+        done = step + 1
+        if step % log_every == 0 or done == iters:
+            values = {k: float(v) for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise UserError(f"a loss became NaN or infinite at step {step} "
+                                f"({', '.join(f'{k} {v:.3g}' for k, v in values.items())}); last good "
+                                f"checkpoint: {last_good or 'none'}; lower --lr, or resume from it")
+            bar.set_description(desc + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if sample is not None and sample_every and (step % sample_every == 0 or done == iters):
+            sample(done)
+        if save is not None and save_every and done % save_every == 0 and done < iters:
+            last_good = save(done)
+
+
+def random_batches(images, batch, device):
+    """`next_batch()` for training on a small fixed image set (feedback samples): each call
+    draws `batch` images uniformly with replacement, so a set smaller than a batch works too."""
+    def next_batch():
+        index = torch.randint(len(images), (batch,))
+        return images[index].to(device, non_blocking=True)
+    return next_batch
+
+
+def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
+    """Fisher diagonal of all of `g`'s parameters at their current values: the mean squared
+    gradient of D's raw output on `n_samples` generated images (paper eq. 3; as the official
+    code, the raw logit stands for the log-likelihood). Returns a list aligned with g.parameters()."""
+    params = list(g.parameters())
+    was_training = g.training
+    g.requires_grad_(True)
+    d.requires_grad_(False)
+    batches = []
+    for start in range(0, n_samples, 16):  # D's minibatch-stddev groups stay those of training
+        size = min(16, n_samples - start)
+        images, _ = g(mixing_noise(size, g.style_dim, mixing, device))
+        batches.append(d(images).reshape(-1))
+    fisher = fisher_diagonal(params, torch.cat(batches))
+    g.train(was_training)
+    return fisher
+
+
+def state_fingerprint(state_dict):
+    """sha256 of a state dict's tensors (names, shapes and values): identifies a generator."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""Feedback and Stage 1 of Adapt-then-Unlearn: label generated samples, then adapt the generator
+to the negatives k times with an EWC penalty (paper section 3.2, eq. 3).
+
+With a classifier as the user (the paper's protocol):
+
+    python negative_adapt.py --ckpt runs/mnist/final.pt --classifier runs/lenet/classifier.pt \\
+        --negative 8 --out runs/adapt8
+
+With a person as the user: write numbered contact sheets, look at them, list the undesired ones:
+
+    python negative_adapt.py --ckpt runs/mnist/final.pt --contact_sheet --out runs/adapt8
+    python negative_adapt.py --ckpt runs/mnist/final.pt --marked_file marked.txt --out runs/adapt8
+
+Writes OUT/feedback.pt (the n samples as the user saw them, their latents and labels),
+OUT/feedback.png (negatives framed in red), OUT/adapted_{j}.pt for j = 0..k-1 (θ_N^j is their
+g_ema), a sample grid per adapted model and OUT/args.json.
+"""
+
+import argparse
+import math
+import os
+import re
+
+import torch
+
+import utils
+
+SHEET_COLUMNS = 10
+SHEET_ROWS = 10
+
+
+def read_marked(args, n):
+    """The indices a person marked, from --marked or --marked_file, checked against 0..n-1."""
+    if args.marked_file is not None:
+        if not os.path.isfile(args.marked_file):
+            raise utils.UserError(f"--marked_file {args.marked_file}: no such file")
+        words = re.split(r"[\s,]+", open(args.marked_file).read().strip())
+    else:
+        words = [str(w) for w in args.marked]
+    try:
+        indices = sorted({int(word) for word in words if word})
+    except ValueError as err:
+        raise utils.UserError(f"marked indices must be integers: {err}")
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise utils.UserError(f"marked index {bad[0]} is outside the contact sheets (0..{n - 1})")
+    return indices
+
+
+def write_contact_sheets(images, out):
+    """Numbered pages of SHEET_ROWS x SHEET_COLUMNS samples (index under each), as PNG files."""
+    from PIL import Image, ImageDraw
+
+    tiles = utils.to_uint8(images).permute(0, 2, 3, 1).numpy()
+    size = tiles.shape[1]
+    scale = max(1, 64 // size)  # small images are enlarged so the digits of the index fit
+    cell, label = size * scale, 12
+    per_page = SHEET_COLUMNS * SHEET_ROWS
+    paths = []
+    for page, first in enumerate(range(0, len(tiles), per_page)):
+        sheet = Image.new("RGB", (SHEET_COLUMNS * (cell + 2), SHEET_ROWS * (cell + label + 2)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for k, tile in enumerate(tiles[first:first + per_page]):
+            x, y = (k % SHEET_COLUMNS) * (cell + 2), (k // SHEET_COLUMNS) * (cell + label + 2)
+            sheet.paste(Image.fromarray(tile).resize((cell, cell), Image.NEAREST), (x + 1, y + 1))
+            draw.text((x + 2, y + cell + 1), str(first + k), fill="black")
+        path = os.path.join(out, f"contact_sheet_{page:02d}.png")
+        utils.atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+        paths.append(path)
+    return paths
+
+
+def save_feedback_grid(images, negative, path, n_show=64):
+    """The first samples of the pool, negatives framed in red."""
+    shown = images[:n_show].clone()
+    red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
+    for i in torch.nonzero(negative[:n_show]).flatten():
+        shown[i, :, [0, -1], :] = red[:, :, :1].expand(3, 2, shown.shape[3])
+        shown[i, :, :, [0, -1]] = red.expand(3, shown.shape[2], 2)
+    utils.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
+
+
+def collect_feedback(args, g_ema, fingerprint, device):
+    """Generate the pool of --n_feedback samples and label it; returns the feedback dict."""
+    zs, images = [], []
+    for z, batch in utils.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
+                                          desc="feedback samples"):
+        zs.append(z)
+        images.append(batch.cpu())
+    z, images = torch.cat(zs), torch.cat(images)
+    images_uint8 = utils.to_uint8(images)  # what the user sees, and what Stage 1 and 2 train on
+
+    if args.classifier is not None:
+        classifier, meta = utils.load_classifier(args.classifier, device)
+        index, name = utils.resolve_negative(meta, args.negative)
+        logits = torch.cat([utils.classify(classifier, meta, utils.from_uint8(images_uint8[i:i + args.batch_eval]))
+                            for i in range(0, len(images_uint8), args.batch_eval)])
+        negative = utils.negative_mask(logits, meta, index).cpu()
+        labelled_by = {"oracle": os.path.abspath(args.classifier), "negative": name}
+    else:
+        negative = torch.zeros(len(images_uint8), dtype=torch.bool)
+        negative[read_marked(args, len(images_uint8))] = True
+        labelled_by = {"human": os.path.abspath(args.marked_file) if args.marked_file else "--marked",
+                       "marked": torch.nonzero(negative).flatten().tolist()}
+
+    n_neg = int(negative.sum())
+    if n_neg == 0 or n_neg == len(negative):
+        which = "no negative" if n_neg == 0 else "no positive"
+        raise utils.UserError(f"the feedback has {which} sample ({n_neg} negatives, {len(negative) - n_neg} "
+                              f"positives of {len(negative)}); the method needs both: raise --n_feedback"
+                              + (" or check --negative" if args.classifier else " or mark differently"))
+    return {"kind": "feedback", "images": images_uint8, "z": z, "negative": negative,
+            "labelled_by": labelled_by, "generator_fingerprint": fingerprint,
+            "feedback_seed": args.feedback_seed, "args": utils.plain_args(args),
+            "sources": {"ckpt": os.path.abspath(args.ckpt)}}
+
+
+def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, device):
+    """Stage 1 for adapted model j: from θ_G (g_ema) and D, train on the negatives with the
+    adversarial loss + EWC. Returns its networks."""
+    utils.seed_everything(args.seed + j)
+    nets = utils.build_stylegan2(model_args)
+    nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
+    nets["g_ema"].load_state_dict(pretrained["g_ema"].state_dict())
+    nets["d"].load_state_dict(pretrained["d"].state_dict())
+    for net in nets.values():
+        net.to(device)
+    nets["g_ema"].eval()
+    g_optim, d_optim = utils.make_optimizers(nets["g"], nets["d"], args)
+
+    def ewc(g):
+        return utils.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
+
+    gan_step = utils.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
+                             device=device)
+    utils.run_gan_training(gan_step, utils.random_batches(negatives, args.batch, device), 0, args.iter,
+                           args.log_every, desc=f"adapted {j}: ")
+    return nets
+
+
+def negative_share(g, classifier, meta, index, n, seed, batch, device):
+    """% of n samples of g that the oracle calls negative."""
+    count = 0
+    for _, images in utils.generate_images(g, n, seed, batch, device):
+        count += int(utils.negative_mask(utils.classify(classifier, meta, images), meta, index).sum())
+    return 100.0 * count / n
+
+
+def main(args):
+    if args.classifier is None and not args.contact_sheet and args.marked is None and args.marked_file is None:
+        raise utils.UserError("say who labels the samples: --classifier with --negative, or --contact_sheet "
+                              "and then --marked / --marked_file")
+    if args.classifier is not None and args.negative is None:
+        raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
+    if args.n_models < 1:
+        raise utils.UserError("--n_models must be at least 1")
+    if args.fisher_samples < 4 or args.fisher_samples % 4:
+        raise utils.UserError("--fisher_samples must be a positive multiple of 4 (the discriminator's groups)")
+    utils.prepare_out_dir(args.out)
+    device = args.device
+    pretrained, ckpt = utils.load_stylegan2(args.ckpt, device=device)
+    model_args = ckpt["model_args"]
+    g_ema = pretrained["g_ema"].eval()
+    fingerprint = utils.state_fingerprint(ckpt["g_ema"])
+    utils.write_args_json(args.out, args)
+
+    if args.contact_sheet:
+        images = torch.cat([batch.cpu() for _, batch in utils.generate_images(
+            g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
+        paths = write_contact_sheets(images, args.out)
+        print(f"wrote {len(paths)} contact sheets ({paths[0]} ...). Note the numbers of the undesired samples, "
+              f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
+        return
+
+    feedback = collect_feedback(args, g_ema, fingerprint, device)
+    feedback_path = os.path.join(args.out, "feedback.pt")
+    utils.save_checkpoint(feedback, feedback_path)
+    negative = feedback["negative"]
+    save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
+    print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)} "
+          f"-> {feedback_path}")
+    negatives = utils.from_uint8(feedback["images"][negative])
+
+    utils.seed_everything(args.seed)
+    g_for_fisher = pretrained["g"]
+    g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
+    fisher = [f.to(device) for f in utils.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
+    theta_g = [p.detach().clone() for p in g_ema.parameters()]
+
+    oracle = utils.load_classifier(args.classifier, device) if args.classifier else None
+    sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
+    for j in range(args.n_models):
+        nets = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, device)
+        method = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
+                  "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
+                  "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
+        path = os.path.join(args.out, f"adapted_{j}.pt")
+        sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
+        utils.save_checkpoint(utils.stylegan2_checkpoint(nets, model_args, args, args.iter, sources, method=method),
+                              path)
+        with torch.no_grad():
+            images, _ = nets["g_ema"]([sample_z.to(device)], randomize_noise=False)
+        utils.save_image_grid(images, os.path.join(args.out, f"adapted_{j}.png"), nrow=int(math.sqrt(args.n_sample)))
+        line = f"wrote {path}"
+        if oracle is not None:
+            classifier, meta = oracle
+            index, name = utils.resolve_negative(meta, args.negative)
+            share = negative_share(nets["g_ema"], classifier, meta, index, args.n_check, args.seed + 1000,
+                                   args.batch_eval, device)
+            line += f"; {share:.1f}% of {args.n_check} samples are '{name}' (the pre-trained model: " \
+                    f"{100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
+        print(line)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
+    parser.add_argument("--out", default="runs/adapt", help="output folder")
+    parser.add_argument("--n_feedback", type=int, default=1000, help="samples shown to the user (the paper: 1000)")
+    parser.add_argument("--feedback_seed", type=int, default=0, help="seed of the feedback samples' latents and noise")
+    who = parser.add_argument_group("who labels the samples")
+    who.add_argument("--classifier", default=None, help="classifier checkpoint simulating the user (the oracle)")
+    who.add_argument("--negative", default=None, help="with --classifier: the undesired class (name or index) or attribute")
+    who.add_argument("--contact_sheet", action="store_true", help="write numbered contact sheets of the samples and stop")
+    who.add_argument("--marked", type=int, nargs="+", default=None, help="indices (on the contact sheets) of undesired samples")
+    who.add_argument("--marked_file", default=None, help="text file with those indices (whitespace or comma separated)")
+    parser.add_argument("--n_models", type=int, default=5, help="k, the number of adapted models (different seeds)")
+    parser.add_argument("--iter", type=int, default=2000, help="Stage-1 iterations per adapted model (official MNIST run: 2000)")
+    parser.add_argument("--ewc_lambda", type=float, default=5e8,
+                        help="λ of the EWC penalty λ·Σ F (θ − θ_G)² (paper: 5e8; the official code's (λ/2)·Σ with 5e8 is 2.5e8 here)")
+    parser.add_argument("--fisher_samples", type=int, default=32, help="generated samples for the Fisher diagonal (multiple of 4)")
+    utils.add_gan_training_args(parser)
+    parser.add_argument("--n_check", type=int, default=500, help="with --classifier: samples per adapted model to check its negative share")
+    parser.add_argument("--n_sample", type=int, default=64, help="images in each adapted model's sample grid")
+    parser.add_argument("--batch_eval", type=int, default=100, help="batch size for generating and classifying")
+    parser.add_argument("--log_every", type=int, default=10, help="progress bar update (and NaN check) every this many steps")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (adapted model j uses seed + j)")
+    parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
+    utils.run_cli(main, parser.parse_args())
