@@ -426,3 +426,67 @@ class Discriminator(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Classifiers (the feedback oracle and the evaluator)
 # --------------------------------------------------------------------------------------------
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as in the official MNIST classifier (official_code_notes §1.1): conv 5x5 to 6, pool,
+    conv 5x5 to 16, pool, conv 5x5 to 120, FC 84, FC `num_outputs`; input `channels` x 32 x 32.
+    Returns logits (the official network ends in LogSoftmax; argmax is the same)."""
+
+    def __init__(self, num_outputs=10, channels=1):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),   # [N, 6, 14, 14]
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),         # [N, 16, 5, 5]
+            nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(),          # [N, 120]
+            nn.Linear(120, 84), nn.ReLU(),                           # [N, 84]
+        )
+        self.head = nn.Linear(84, num_outputs)
+
+    def features(self, input):
+        """Penultimate features [N, 84] (for the classifier-feature FID)."""
+        return self.body(input)
+
+    def forward(self, input):
+        return self.head(self.features(input))
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision backbone built with weights=None (no download), its `fc` resized to
+    `num_outputs`: classes, or one logit per attribute."""
+
+    def __init__(self, arch, num_outputs, channels=3):
+        super().__init__()
+        import torchvision
+
+        if channels != 3:
+            raise ValueError(f"{arch} takes 3-channel input, not {channels}")
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_outputs)
+        self.head = net.fc
+        net.fc = nn.Identity()
+        self.body = net
+
+    def features(self, input):
+        """Penultimate features [N, fc.in_features] (the globally pooled backbone output)."""
+        return self.body(input)
+
+    def forward(self, input):
+        return self.head(self.features(input))
+
+
+# name -> (constructor(num_outputs, channels), default input size, description for --help)
+CLASSIFIERS = {
+    "lenet": (lambda n, c: LeNet5(n, c), 32, "LeNet-5, 32 px (MNIST; 1 or 3 channels)"),
+    "resnet18": (lambda n, c: TorchvisionClassifier("resnet18", n, c), 224, "torchvision ResNet-18"),
+    "resnet50": (lambda n, c: TorchvisionClassifier("resnet50", n, c), 224,
+                 "torchvision ResNet-50 (official AFHQ feedback classifier)"),
+    "resnext50_32x4d": (lambda n, c: TorchvisionClassifier("resnext50_32x4d", n, c), 224,
+                        "torchvision ResNeXt-50 32x4d (paper's CelebA attribute classifier)"),
+}
+
+
+def build_classifier(arch, num_outputs, channels):
+    """A fresh classifier from the CLASSIFIERS registry; every arch has `.features(x)` and `forward(x)`."""
+    if arch not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[arch][0](num_outputs, channels)

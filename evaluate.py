@@ -1,0 +1,379 @@
+"""Evaluate generators after unlearning: PUL, FID, Ret-FID and the effect on other classes/features.
+
+    python evaluate.py runs/unlearn_s0/unlearned.pt runs/unlearn_s1/unlearned.pt runs/unlearn_s2/unlearned.pt \
+        --reference pretrained.pt --classifier runs/classifier/classifier.pt --negative 8 \
+        --retrained retrained.pt --dataset mnist --data data \
+        --inception pt_inception-2015-12-05-6726825d.pth --out runs/eval
+    python evaluate.py --fid real_stats.npz other_stats.npz      # FID between two statistics files
+
+Protocol (paper §5.3, appendix E; notes §5): every generator (its g_ema) draws the same seeded samples
+(one z ~ N(0, I) per image, ψ = 1, noise from the seed too), quantised to uint8 as if saved.
+- PUL = 100 · (S_n(reference) − S_n(model)) / S_n(reference), S_n = number of the first --n_sample
+  samples the classifier calls --negative (argmax for classes, logit >= 0 for attributes).
+- FID: Fréchet distance between Inception-v3 pool3 features of the first --n_fid samples and of the
+  real data without the negative class/feature; --features classifier uses the classifier's
+  penultimate features instead (labelled "classifier-feature FID": no download, not comparable).
+- Ret-FID: the same distance to the samples of --retrained (trained without the negatives).
+- Side effects: each class's share (or each attribute's frequency) before and after, % change.
+Several checkpoints (seeds of one method) give mean ± std (population std, as the paper).
+Writes OUT/metrics.json (values, summary, protocol), OUT/table.md (also printed), OUT/comparison.png
+(the same latents through every generator, one labelled row each; red frame = classified negative)
+and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+import utils
+
+
+def short_name(path):
+    """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
+    parts = os.path.normpath(path).split(os.sep)
+    return os.path.join(*parts[-2:]) if len(parts) > 1 else parts[0]
+
+
+def load_generators(args):
+    """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
+    --retrained; all must draw the same latents (same style_dim) at the same size."""
+    entries = [("reference", "pre-trained (reference)", args.reference)]
+    entries += [("evaluated", short_name(path), path) for path in args.ckpt]
+    if args.retrained:
+        entries.append(("retrained", "retraining", args.retrained))
+    generators = []
+    for role, label, path in entries:
+        g, ckpt = utils.load_generator(path, args.device)
+        generators.append((role, label, path, g))
+    ref = generators[0][3]
+    for _, _, path, g in generators[1:]:
+        if (g.style_dim, g.size) != (ref.style_dim, ref.size):
+            raise utils.UserError(f"{path}: style_dim {g.style_dim}, {g.size} px vs the reference's "
+                                  f"{ref.style_dim}, {ref.size} px: the same latents cannot be compared")
+    return generators
+
+
+def check_classifier_fits(meta, size):
+    """Generators make 3-channel images at `size` px; to_classifier_input resizes and converts them.
+    Say so when the classifier was trained at another resolution or takes another size."""
+    if meta["image_size"] != size:
+        print(f"note: the classifier takes {meta['channels']}x{meta['image_size']} px, the generators make "
+              f"3x{size} px: images are resized (bilinear, antialiased) as in its training")
+    trained_at = meta.get("data_size")
+    if trained_at is not None and trained_at != size:
+        print(f"warning: the classifier was trained on {trained_at} px data, the generators make {size} px images; "
+              f"its decisions may not transfer (retrain it with --size {size})", file=sys.stderr)
+
+
+def feature_space(args, clf, meta):
+    """(name, features(images in [-1, 1]) -> [N, D] float64 CPU, protocol info) for FID."""
+    if args.features == "classifier":
+        def features(images):
+            return utils.classifier_features(clf, meta, utils.from_uint8(utils.to_uint8(images))).double().cpu()
+        return "classifier-feature FID", features, {
+            "feature_extractor": f"classifier penultimate features ({meta['arch']}, {meta['path']})",
+            "note": "classifier-feature FID: not the Inception FID, not comparable to published FIDs"}
+    net, info = utils.load_fid_inception(args.inception, args.device)
+    return "FID", lambda images: utils.inception_features(net, images), info
+
+
+def generator_pass(g, args, clf, meta, negative, features, desc):
+    """One pass over the seeded samples: classifier decisions on the first --n_sample, features on
+    the first --n_fid. Returns counts per class/attribute, the negative mask and (mu, sigma)."""
+    n_total = max(args.n_sample, args.n_fid)
+    negatives, counts, feats = [], 0, []
+    done = 0
+    for _, images in utils.generate_images(g, n_total, args.seed, args.batch, args.device, desc=desc):
+        images = utils.from_uint8(utils.to_uint8(images))  # as if saved
+        take = min(len(images), max(0, args.n_sample - done))
+        if take:
+            logits = utils.classify(clf, meta, images[:take])
+            negatives.append(utils.negative_mask(logits, meta, negative).cpu())
+            counts = counts + utils.label_counts(logits, meta)
+        take_fid = min(len(images), max(0, args.n_fid - done))
+        if take_fid:
+            feats.append(features(images[:take_fid]))
+        done += len(images)
+    result = {"negative_mask": torch.cat(negatives), "counts": counts.tolist(), "stats": None}
+    if feats:
+        result["stats"] = utils.feature_statistics(torch.cat(feats), desc)
+    return result
+
+
+def real_statistics(args, features, fid_info, negative_name, size):
+    """(mu, sigma, reference-set info): from --real_stats when that file exists, else from the real
+    data without the negative class/feature (saved to --real_stats or OUT/real_stats.npz)."""
+    split = args.real_split or ("test" if args.dataset in ("mnist", "synthetic") else "train")
+    info = {"dataset": args.dataset, "data": os.path.abspath(args.data) if args.dataset != "synthetic" else None,
+            "split": split, "excluded": negative_name, "size": size}
+    stamp = {"features": fid_info["feature_extractor"], "weights_sha256": fid_info.get("weights_sha256", ""),
+             "size": size, "excluded": negative_name}
+    if args.real_stats and os.path.isfile(args.real_stats):
+        mu, sigma, fields = utils.load_statistics(args.real_stats)
+        for key in stamp:  # a file made for another feature space, resolution or excluded class
+            if key in fields and fields[key] != str(stamp[key]):
+                raise utils.UserError(f"--real_stats {args.real_stats} was made with {key} {fields[key]!r}, this run "
+                                      f"uses {stamp[key]!r}: delete it or point --real_stats elsewhere")
+        info.update(statistics_file=os.path.abspath(args.real_stats), loaded_from_file=True,
+                    n_images=int(fields["n_images"]) if "n_images" in fields else None)
+        return mu, sigma, info
+    try:
+        dataset, data_info = utils.load_dataset(args.dataset, args.data, size, train=split == "train",
+                                                attributes=args.attributes, exclude=negative_name, verbose=False)
+    except utils.UserError as err:
+        raise utils.UserError(f"real reference set (--dataset {args.dataset} --data {args.data}): {err}")
+    if args.n_real is not None and args.n_real < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.n_real))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=False, num_workers=args.workers)
+    from tqdm import tqdm
+
+    feats = [features(images) for images, _ in tqdm(loader, desc="real data", leave=False)]
+    mu, sigma = utils.feature_statistics(torch.cat(feats), "real data")
+    path = args.real_stats or os.path.join(args.out, "real_stats.npz")
+    utils.save_statistics(path, mu, sigma, n_images=len(dataset), **stamp)
+    info.update(statistics_file=os.path.abspath(path), loaded_from_file=False, n_images=len(dataset),
+                dropped=data_info["dropped"])
+    return mu, sigma, info
+
+
+def side_effects(before, after, names, n):
+    """Per class/attribute: share (%) of samples before and after, and the % change of the count."""
+    out = {}
+    for name, b, a in zip(names, before, after):
+        change = 100.0 * (a - b) / b if b else float("nan")
+        out[name] = {"before": 100.0 * b / n, "after": 100.0 * a / n, "change": change}
+    return out
+
+
+def without_nan(value):
+    """NaN (e.g. PUL when the reference makes no negatives) as null, so metrics.json is strict JSON."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nan(v) for v in value]
+    return value
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def fmt(value, std=None):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "N/A"
+    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
+
+
+def fmt_summary(stat):
+    return "N/A" if stat is None else fmt(stat["mean"], stat["std"])
+
+
+def markdown_table(metrics, fid_name, label):
+    """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, then per checkpoint, then
+    the side effects (appendix E)."""
+    summary = metrics["summary"]
+    lines = [f"| Method | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) |", "|---|---|---|---|"]
+    for entry in [metrics["reference"], metrics.get("retrained")]:
+        if entry:
+            lines.append(f"| {entry['label']} | {fmt(entry['pul'])} | {fmt(entry['fid'])} | {fmt(entry['ret_fid'])} |")
+    if metrics["checkpoints"]:
+        lines.append(f"| {label} ({len(metrics['checkpoints'])} run{'s' if len(metrics['checkpoints']) > 1 else ''}) "
+                     f"| {fmt_summary(summary['pul'])} | {fmt_summary(summary['fid'])} "
+                     f"| {fmt_summary(summary['ret_fid'])} |")
+        lines += ["", f"| Checkpoint | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | negatives |", "|---|---|---|---|---|"]
+        lines += [f"| {c['label']} | {fmt(c['pul'])} | {fmt(c['fid'])} | {fmt(c['ret_fid'])} | {c['negatives']} |"
+                  for c in metrics["checkpoints"]]
+        what = "attribute" if metrics["protocol"]["pul"]["multilabel"] else "class"
+        unit = "frequency" if what == "attribute" else "share"
+        lines += ["", f"| {what} | reference {unit} % | {label} {unit} % | % change (mean ± std) |", "|---|---|---|---|"]
+        for name, ref in metrics["reference"]["side_effects"].items():
+            after = mean_std([c["side_effects"][name]["after"] for c in metrics["checkpoints"]])
+            change = summary["side_effects"][name]
+            marker = " (negative)" if name == metrics["protocol"]["pul"]["negative"] else ""
+            lines.append(f"| {name}{marker} | {fmt(ref['before'])} | {fmt_summary(after)} | {fmt_summary(change)} |")
+    return "\n".join(lines)
+
+
+def grid_indices(reference_negatives, n_grid):
+    """Columns of the comparison grid: up to half negatives under the reference, then positives."""
+    neg = torch.nonzero(reference_negatives).flatten().tolist()
+    pos = torch.nonzero(~reference_negatives).flatten().tolist()
+    take_neg = min(len(neg), (n_grid + 1) // 2)
+    chosen = neg[:take_neg] + pos[:n_grid - take_neg]
+    return chosen, take_neg
+
+
+@torch.no_grad()
+def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, negative, path):
+    """One labelled row per generator, the same latents in every row; red frame = the classifier
+    calls the sample negative. The first `n_neg_columns` columns are negatives of the reference."""
+    from PIL import Image, ImageDraw
+
+    name = utils.class_names(meta)[negative]
+    rows = []
+    for _, label, _, g in generators:
+        z, noise = utils.seeded_inputs(g, indices, args.seed)
+        kwargs = {"noise": [maps.to(args.device) for maps in noise]} if noise else {}
+        images = utils.from_uint8(utils.to_uint8(g([z.to(args.device)], **kwargs)[0]))
+        flags = utils.negative_mask(utils.classify(clf, meta, images), meta, negative).tolist()
+        rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
+
+    size = rows[0][1].shape[1]
+    cell, pad, head = max(64, size), 6, 22
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = int(max(probe.textlength(label) for label, _, _ in rows)) + 12
+    width = label_w + len(indices) * (cell + pad) + pad
+    canvas = Image.new("RGB", (max(width, 420), head + len(rows) * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under the "
+                      f"reference; red frame: classified '{name}'", fill="black")
+    for r, (label, images, flags) in enumerate(rows):
+        y = head + pad + r * (cell + pad)
+        draw.text((4, y + cell // 2 - 6), label, fill="black")
+        for c, (image, flag) in enumerate(zip(images, flags)):
+            x = label_w + pad + c * (cell + pad)
+            canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
+            if flag:
+                draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(220, 0, 0), width=3)
+    utils.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+
+
+def fid_of_files(paths):
+    """--fid A.npz B.npz: the Fréchet distance between two statistics files."""
+    mu1, sigma1, _ = utils.load_statistics(paths[0])
+    mu2, sigma2, _ = utils.load_statistics(paths[1])
+    value = utils.frechet_distance(mu1, sigma1, mu2, sigma2)
+    print(f"{value:.10g}")
+    return value
+
+
+def check_args(args):
+    missing = [flag for flag, value in (("--reference", args.reference), ("--classifier", args.classifier),
+                                        ("--negative", args.negative)) if value is None]
+    if missing:
+        raise utils.UserError(f"{', '.join(missing)} required (or use --fid A.npz B.npz)")
+    if args.n_sample < 1 or args.n_fid < 0 or args.batch < 1 or args.n_grid < 0 or args.seed < 0:
+        raise utils.UserError("--n_sample and --batch must be >= 1; --n_fid, --n_grid and --seed >= 0")
+    if args.n_fid and args.features == "inception" and args.inception is None:
+        utils.load_fid_inception(None)  # raises the error that says where to get the weights
+
+
+def main(args):
+    if args.fid:
+        return fid_of_files(args.fid)
+    check_args(args)
+    utils.seed_everything(args.seed)
+    utils.prepare_out_dir(args.out)
+    utils.write_args_json(args.out, args)
+
+    clf, meta = utils.load_classifier(args.classifier, args.device)
+    negative, negative_name = utils.resolve_negative(meta, args.negative)
+    generators = load_generators(args)
+    size = generators[0][3].size
+    check_classifier_fits(meta, size)
+    fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
+
+    real = None
+    if args.n_fid:
+        mu, sigma, real_info = real_statistics(args, features, fid_info, negative_name, size)
+        real = (mu, sigma)
+    results = []
+    for role, label, path, g in generators:
+        results.append(generator_pass(g, args, clf, meta, negative, features, label))
+    names = utils.class_names(meta)
+    ref = results[0]
+    ref_negatives = int(ref["negative_mask"].sum())
+    retrained_stats = results[-1]["stats"] if args.retrained else None
+
+    def entry(role, label, path, result):
+        stats = result["stats"]
+        n_neg = int(result["negative_mask"].sum())
+        return {"role": role, "label": label, "path": os.path.abspath(path), "negatives": n_neg,
+                "pul": utils.percentage_unlearned(ref_negatives, n_neg),
+                "fid": utils.frechet_distance(*stats, *real) if stats and real else None,
+                "ret_fid": (utils.frechet_distance(*stats, *retrained_stats)
+                            if stats and retrained_stats and role != "retrained" else None),
+                "side_effects": side_effects(ref["counts"], result["counts"], names, args.n_sample)}
+
+    entries = [entry(role, label, path, result) for (role, label, path, _), result in zip(generators, results)]
+    checkpoints = [e for e in entries if e["role"] == "evaluated"]
+    summary = {key: mean_std([c[key] for c in checkpoints]) for key in ("pul", "fid", "ret_fid")}
+    summary["side_effects"] = {name: mean_std([c["side_effects"][name]["change"] for c in checkpoints])
+                               for name in names}
+    protocol = {
+        "pul": {"n_sample": args.n_sample, "classifier": os.path.abspath(args.classifier), "arch": meta["arch"],
+                "classifier_test_accuracy": meta.get("test_accuracy"), "multilabel": meta["multilabel"],
+                "negative": negative_name, "negative_index": negative,
+                "decision": "logit >= 0" if meta["multilabel"] else "argmax == negative class",
+                "classifier_input": {k: meta[k] for k in ("image_size", "channels", "normalization")},
+                "formula": "100 * (S_n(reference) - S_n(model)) / S_n(reference)"},
+        "sampling": {"seed": args.seed, "generator_weights": "g_ema", "truncation": 1.0,
+                     "latents": "z ~ N(0, I), one z per image (no style mixing); z and noise maps of sample i "
+                                "from numpy.random.default_rng([seed, i])",
+                     "quantisation": "uint8 as if saved (utils.to_uint8) before the classifier and the features",
+                     "image_size": size},
+        "fid": None if not args.n_fid else {
+            "name": fid_name, **fid_info, "n_fid": args.n_fid, "reference_set": real_info,
+            "ret_fid": {"retrained": os.path.abspath(args.retrained) if args.retrained else None,
+                        "n_samples_each": args.n_fid},
+            "frechet_distance": "torch-fidelity fid_statistics_to_metric (float64)"},
+        "std": "population standard deviation (ddof = 0) over the evaluated checkpoints",
+        "device": args.device, "torch": torch.__version__,
+    }
+    metrics = {"protocol": protocol, "reference": entries[0],
+               "retrained": entries[-1] if args.retrained else None,
+               "checkpoints": checkpoints, "summary": summary}
+
+    table = markdown_table(metrics, fid_name, args.label)
+    print(table)
+    text = json.dumps(without_nan(metrics), indent=2)
+    utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))
+    utils.atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write((table + "\n").encode()))
+    if args.n_grid:
+        indices, n_neg = grid_indices(ref["negative_mask"], args.n_grid)
+        save_comparison_grid(generators, indices, n_neg, args, clf, meta, negative,
+                             os.path.join(args.out, "comparison.png"))
+    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    return metrics
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("ckpt", nargs="*", help="generator checkpoints to evaluate (several seeds: mean ± std)")
+    parser.add_argument("--reference", help="the pre-trained generator (PUL baseline, first row of the grid)")
+    parser.add_argument("--classifier", help="classifier checkpoint from train_classifier.py")
+    parser.add_argument("--negative", help="the unlearned class (name or index) or attribute, among the classifier's")
+    parser.add_argument("--retrained", default=None, help="generator retrained without the negatives (Ret-FID)")
+    parser.add_argument("--label", default="unlearned", help="name of the evaluated method in the table")
+    utils.add_data_args(parser, exclude=False)
+    parser.add_argument("--real_split", choices=["train", "test"], default=None,
+                        help="split of the real reference set (default: test for mnist, as the official code; train otherwise)")
+    parser.add_argument("--n_real", type=int, default=None, help="use only the first N real images (default: all)")
+    parser.add_argument("--real_stats", default=None,
+                        help=".npz (keys mu, sigma) of the real reference set: read when it exists, else computed and written there")
+    parser.add_argument("--features", choices=["inception", "classifier"], default="inception",
+                        help="FID features: Inception-v3 (standard FID) or the classifier's penultimate layer "
+                             "(labelled 'classifier-feature FID'; no download)")
+    parser.add_argument("--inception", default=None,
+                        help=f"the FID Inception weights {utils.FID_WEIGHTS_NAME} ({utils.FID_WEIGHTS_URL})")
+    parser.add_argument("--n_sample", type=int, default=15000, help="samples per generator for PUL and side effects (paper: 15,000)")
+    parser.add_argument("--n_fid", type=int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
+    parser.add_argument("--n_grid", type=int, default=8, help="columns of the comparison grid (0: no grid)")
+    parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
+                        help="only print the FID between two statistics files and exit")
+    parser.add_argument("--batch", type=int, default=64, help="generation and feature batch size")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the real data")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation latents (same for every generator)")
+    parser.add_argument("--device", default=utils.default_device(), help="torch device")
+    parser.add_argument("--out", default="runs/eval", help="output folder")
+    utils.run_cli(main, parser.parse_args())

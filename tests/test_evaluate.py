@@ -1,0 +1,350 @@
+"""evaluate.py and the metric helpers of utils.py: Fréchet distance, PUL, sampling, Inception pipeline."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+import evaluate
+import utils
+from model import LeNet5
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_ARGS = dict(size=16, style_dim=16, n_mlp=1, channel_max=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On a small shared machine, OpenMP threads waiting on each other make these tiny ops many
+    times slower; one thread is faster here and changes no result."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- Fréchet distance ----------------------------------------------------------------------
+
+
+def random_rotation(dim, rng):
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def random_spd(dim, rng):
+    a = rng.standard_normal((dim, dim))
+    return a @ a.T / dim + 0.1 * np.eye(dim)
+
+
+def test_frechet_distance_closed_form_commuting_non_diagonal():
+    rng = np.random.default_rng(0)
+    dim = 12
+    q = random_rotation(dim, rng)
+    a, b = rng.uniform(0.1, 3, dim), rng.uniform(0.1, 3, dim)
+    mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
+    sigma1, sigma2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T  # non-diagonal, same eigenvectors
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert utils.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_closed_form_non_commuting():
+    """Σ1 = c·I and a general Σ2: tr (Σ1 Σ2)^½ = √c · Σ √eig(Σ2)."""
+    rng = np.random.default_rng(1)
+    dim, c = 10, 2.5
+    sigma2 = random_spd(dim, rng)
+    mu1, mu2 = rng.standard_normal(dim), np.zeros(dim)
+    expected = (np.sum(mu1 ** 2) + c * dim + np.trace(sigma2)
+                - 2 * np.sqrt(c) * np.sum(np.sqrt(np.linalg.eigvalsh(sigma2))))
+    assert utils.frechet_distance(mu1, c * np.eye(dim), mu2, sigma2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_reference():
+    rng = np.random.default_rng(2)
+    for dim in (2, 64):
+        mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
+        sigma1, sigma2 = random_spd(dim, rng), random_spd(dim, rng)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2).real
+        reference = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean)
+        assert utils.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(reference, rel=1e-6)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = torch.from_numpy(np.random.default_rng(3).standard_normal((500, 32)) @ random_spd(32, np.random.default_rng(4)))
+    mu, sigma = utils.feature_statistics(features)
+    assert abs(utils.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+
+
+def test_frechet_distance_rejects_mismatched_statistics():
+    with pytest.raises(utils.UserError, match="do not match"):
+        utils.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_too_few_samples_warn_or_refuse(capsys):
+    utils.feature_statistics(torch.randn(5, 8), "tiny")
+    assert "rank <= 4 < 8" in capsys.readouterr().err
+    with pytest.raises(utils.UserError, match="at least 2"):
+        utils.feature_statistics(torch.randn(1, 8), "tiny")
+
+
+def test_npz_round_trip_and_fid_command(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    mu1, mu2, sigma1, sigma2 = rng.standard_normal(6), rng.standard_normal(6), random_spd(6, rng), random_spd(6, rng)
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    utils.save_statistics(a, mu1, sigma1, features="test")
+    np.savez(b, mu=mu2, sigma=sigma2)  # pytorch-fid's own format: just mu and sigma
+    mu, sigma, fields = utils.load_statistics(a)
+    assert np.array_equal(mu, mu1) and np.array_equal(sigma, sigma1) and fields == {"features": "test"}
+    value = evaluate.main(argparse.Namespace(fid=[a, b]))
+    assert value == pytest.approx(utils.frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-12)
+    assert f"{value:.10g}" in capsys.readouterr().out
+    np.savez(tmp_path / "bad.npz", mean=mu1)
+    with pytest.raises(utils.UserError, match="no 'mu' and 'sigma'"):
+        utils.load_statistics(str(tmp_path / "bad.npz"))
+
+
+# --- sampling and PUL ----------------------------------------------------------------------
+
+
+class ThresholdGenerator(nn.Module):
+    """Generator-like: a bright image when z[0] > threshold, a dark one otherwise."""
+
+    def __init__(self, threshold, style_dim=4, size=4):
+        super().__init__()
+        self.threshold, self.style_dim, self.size = threshold, style_dim, size
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, styles, **kwargs):
+        bright = (styles[0][:, 0] > self.threshold).float()
+        return (bright - 0.5).view(-1, 1, 1, 1).expand(-1, 3, self.size, self.size), None
+
+
+class BrightnessClassifier(nn.Module):
+    """Class 0 ("bright") when the mean input is positive."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, -m], 1)
+
+
+IDENTITY_META = {"multilabel": False, "classes": ["bright", "dark"], "attributes": None, "channels": 3,
+                 "image_size": 4, "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+
+
+def pass_args(n_sample, seed=0, batch=97):
+    return argparse.Namespace(n_sample=n_sample, n_fid=0, seed=seed, batch=batch, device="cpu")
+
+
+def test_pul_on_generators_with_known_negative_rates():
+    n = 4000
+    args = pass_args(n)
+    clf = BrightnessClassifier()
+    before = evaluate.generator_pass(ThresholdGenerator(0.0), args, clf, IDENTITY_META, 0, None, None)
+    after = evaluate.generator_pass(ThresholdGenerator(1.0), args, clf, IDENTITY_META, 0, None, None)
+    z, _ = utils.seeded_inputs(ThresholdGenerator(0.0), range(n), 0)
+    assert int(before["negative_mask"].sum()) == int((z[:, 0] > 0).sum())  # exactly the latents' count
+    assert int(after["negative_mask"].sum()) == int((z[:, 0] > 1).sum())
+    assert before["counts"] == [int((z[:, 0] > 0).sum()), int((z[:, 0] <= 0).sum())]
+    pul = utils.percentage_unlearned(int(before["negative_mask"].sum()), int(after["negative_mask"].sum()))
+    # P(z > 1) / P(z > 0) = 0.3173: PUL = 68.3 %, up to sampling noise (std ~1.2 % at n = 4000)
+    assert pul == pytest.approx(100 * (1 - 2 * 0.158655), abs=4)
+    assert utils.percentage_unlearned(10, 10) == 0 and utils.percentage_unlearned(10, 0) == 100
+    assert np.isnan(utils.percentage_unlearned(0, 0))
+
+
+def tiny_generator(seed):
+    """A tiny StyleGAN2 whose output depends visibly on z and on the noise (a fresh one barely
+    does: noise weights start at 0 and the modulation near 1)."""
+    torch.manual_seed(seed)
+    g = utils.build_stylegan2(MODEL_ARGS, ("g_ema",))["g_ema"].eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return g
+
+
+def test_seeded_samples_do_not_depend_on_batch_size():
+    g = tiny_generator(0)
+    one = torch.cat([x for _, x in utils.generate_images(g, 7, seed=3, batch=7, device="cpu")])
+    many = torch.cat([x for _, x in utils.generate_images(g, 7, seed=3, batch=2, device="cpu")])
+    torch.testing.assert_close(one, many, atol=1e-5, rtol=0)
+    other = torch.cat([x for _, x in utils.generate_images(g, 7, seed=4, batch=7, device="cpu")])
+    assert (one - other).abs().mean() > 0.01
+    # the noise maps count: with other noise the same latents give other images
+    z, noise = utils.seeded_inputs(g, range(7), 3)
+    torch.testing.assert_close(g([z], noise=noise)[0], one, atol=1e-5, rtol=0)
+    assert (g([z])[0] - one).abs().mean() > 1e-3
+    # the first samples are the same whatever the number drawn
+    first = next(iter(utils.generate_images(g, 3, seed=3, batch=3, device="cpu")))[1]
+    torch.testing.assert_close(first, one[:3], atol=1e-5, rtol=0)
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+def save_generator(path, seed):
+    nets = {"g_ema": tiny_generator(seed)}
+    utils.save_checkpoint(utils.stylegan2_checkpoint(nets, MODEL_ARGS, {}, 0, {}), path)
+    return path
+
+
+def save_half_split_classifier(path, reference_path):
+    """A LeNet over the two synthetic classes whose decision splits the reference's samples about
+    half and half (so PUL is defined), built without training."""
+    meta = {"arch": "lenet", "classes": ["horizontal", "vertical"], "attributes": None, "multilabel": False,
+            "image_size": 32, "channels": 3, "normalization": utils.CLASSIFIER_NORMALIZATION[3], "data_size": 16}
+    torch.manual_seed(0)
+    net = LeNet5(2, 3).eval()
+    g, _ = utils.load_generator(reference_path)
+    images = next(iter(utils.generate_images(g, 64, 0, 64, "cpu")))[1]
+    w = torch.randn(84, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # logit 0 = w·features − median, logit 1 = 0
+        score = net.features(utils.to_classifier_input(images, meta)) @ w
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.weight[0] = w
+        net.head.bias[0] = -score.median()
+    utils.save_checkpoint({"kind": "classifier", "model": net.state_dict(), **meta, "test_accuracy": 50.0,
+                           "args": {}, "sources": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    ref = save_generator(str(root / "pretrained.pt"), 0)
+    return {"root": root, "reference": ref, "retrained": save_generator(str(root / "retrained.pt"), 1),
+            "classifier": save_half_split_classifier(str(root / "classifier.pt"), ref)}
+
+
+def eval_args(files, out, ckpts, **overrides):
+    args = dict(ckpt=ckpts, reference=files["reference"], classifier=files["classifier"], negative="horizontal",
+                retrained=files["retrained"], label="unlearned", dataset="synthetic", data="unused", attributes=None,
+                real_split=None, n_real=None, real_stats=None, features="classifier", inception=None,
+                n_sample=96, n_fid=100, n_grid=6, fid=None, batch=50, workers=0, seed=0, device="cpu", out=str(out))
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def test_evaluate_reference_against_itself(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    ckpts = [files["reference"], files["reference"]]
+    metrics = evaluate.main(eval_args(files, out, ckpts))
+    printed = capsys.readouterr().out
+    ref = metrics["reference"]
+    assert 0 < ref["negatives"] < 96
+    for c in metrics["checkpoints"]:
+        assert c["pul"] == 0 and c["negatives"] == ref["negatives"]
+        assert c["fid"] == pytest.approx(ref["fid"]) and c["fid"] > 0
+        assert all(abs(v["change"]) < 1e-12 for v in c["side_effects"].values())
+    assert metrics["summary"]["pul"] == {"mean": 0.0, "std": 0.0, "n": 2}
+    assert metrics["retrained"]["ret_fid"] is None and metrics["checkpoints"][0]["ret_fid"] > 0
+
+    protocol = metrics["protocol"]
+    assert protocol["pul"]["n_sample"] == 96 and protocol["pul"]["negative"] == "horizontal"
+    assert protocol["sampling"]["seed"] == 0 and protocol["sampling"]["truncation"] == 1.0
+    assert protocol["fid"]["name"] == "classifier-feature FID" and protocol["fid"]["n_fid"] == 100
+    real = protocol["fid"]["reference_set"]
+    assert real["excluded"] == "horizontal" and real["split"] == "test" and real["n_images"] == 256
+    assert "classifier-feature FID" in printed and "| pre-trained (reference) | 0.00 |" in printed
+    assert "the generators make 3x16 px: images are resized" in printed  # 16 px into a 32 px LeNet
+    for name in ("metrics.json", "table.md", "comparison.png", "real_stats.npz", "args.json"):
+        assert os.path.isfile(out / name), name
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["summary"]["pul"]["mean"] == 0.0
+
+    # the real statistics are read back from the .npz and give the same FIDs
+    again = evaluate.main(eval_args(files, tmp_path / "again", ckpts[:1], retrained=None, n_grid=0,
+                                    real_stats=str(out / "real_stats.npz")))
+    assert again["protocol"]["fid"]["reference_set"]["loaded_from_file"]
+    assert again["checkpoints"][0]["fid"] == pytest.approx(ref["fid"], rel=1e-9)
+
+
+def test_evaluate_user_errors(files, tmp_path):
+    with pytest.raises(utils.UserError, match="not a class of the classifier"):
+        evaluate.main(eval_args(files, tmp_path, [files["reference"]], negative="diagonal"))
+    with pytest.raises(utils.UserError, match="is a classifier checkpoint"):
+        evaluate.main(eval_args(files, tmp_path, [files["classifier"]]))
+    with pytest.raises(utils.UserError, match="is a stylegan2 checkpoint"):
+        evaluate.main(eval_args(files, tmp_path, [files["reference"]], classifier=files["reference"]))
+    with pytest.raises(utils.UserError, match="pytorch-fid/releases"):
+        evaluate.main(eval_args(files, tmp_path, [files["reference"]], features="inception"))
+    with pytest.raises(utils.UserError, match="pytorch-fid/releases"):
+        evaluate.main(eval_args(files, tmp_path, [files["reference"]], features="inception",
+                                inception=str(tmp_path / "missing.pth")))
+
+
+def test_cli_error_is_one_line(files, tmp_path):
+    out = subprocess.run([sys.executable, "evaluate.py", files["classifier"], "--reference", files["reference"],
+                          "--classifier", files["classifier"], "--negative", "horizontal", "--features", "classifier",
+                          "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "is a classifier checkpoint" in out.stderr
+
+
+# --- the Inception pipeline on a randomly initialised network of the exact architecture --------
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    """torch-fidelity's FID Inception with its default random initialisation (no download),
+    saved as a weights file: the same keys and shapes as pt_inception-2015-12-05."""
+    from torch_fidelity import feature_extractor_inceptionv3 as tfi
+
+    with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        torch.manual_seed(0)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = str(tmp_path_factory.mktemp("inception") / "random_inception.pth")
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_weights_are_checked(random_inception, tmp_path, capsys):
+    net, info = utils.load_fid_inception(random_inception)
+    assert info["weights_sha256"] == utils.file_sha256(random_inception)
+    assert not info["standard_fid_weights"] and "not comparable" in capsys.readouterr().err
+    features = utils.inception_features(net, torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert features.shape == (2, 2048) and features.dtype == torch.float64 and torch.isfinite(features).all()
+
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(utils.UserError, match="not the FID Inception weights"):
+        utils.load_fid_inception(str(tmp_path / "other.pth"))
+    torch.save({"a": argparse.Namespace()}, tmp_path / "pickle.pth")
+    with pytest.raises(utils.UserError, match="not a PyTorch state dict"):
+        utils.load_fid_inception(str(tmp_path / "pickle.pth"))
+
+
+def test_evaluate_with_inception_features(files, random_inception, tmp_path):
+    """The whole FID path with the Inception network (random weights). The 2048-d Fréchet distance
+    itself is replaced by a cheap stand-in here (it is tested above on exact cases)."""
+    seen = []
+
+    def cheap_distance(mu1, sigma1, mu2, sigma2):
+        seen.append((mu1.shape, sigma1.shape, mu2.shape, sigma2.shape))
+        return float(np.sum((mu1 - mu2) ** 2))
+
+    out = tmp_path / "out"
+    with mock.patch.object(utils, "frechet_distance", cheap_distance):
+        metrics = evaluate.main(eval_args(files, out, [files["reference"]], features="inception",
+                                          inception=random_inception, retrained=None, n_sample=4,
+                                          n_fid=2, n_real=2, n_grid=0, batch=4))
+    assert seen and all(shape == ((2048,), (2048, 2048)) * 2 for shape in seen)
+    fid = metrics["protocol"]["fid"]
+    assert fid["name"] == "FID" and fid["weights_sha256"] == utils.file_sha256(random_inception)
+    assert fid["reference_set"]["n_images"] == 2 and "torch-fidelity" in fid["library"]
+    mu, sigma, fields = utils.load_statistics(str(out / "real_stats.npz"))
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and fields["n_images"] == "2"
+    assert metrics["checkpoints"][0]["fid"] == pytest.approx(metrics["reference"]["fid"])

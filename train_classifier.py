@@ -1,0 +1,252 @@
+"""Train the classifier that labels generated images: the feedback oracle and the evaluator.
+
+    python train_classifier.py --dataset mnist --data data --out runs/classifier_mnist
+
+MNIST gives a LeNet-5 at 32 px (Adam 2e-3 as in paper A.2; batch 64 and 20 epochs with ±2 px shifts
+and a cosine schedule instead of the paper's batch 256 / 12 epochs, so that the 5k-image subset
+also reaches ~98 %: `--batch 256 --epochs 12 --translate 0` is the paper's recipe); a folder of classes
+(e.g. AFHQ train/{cat,dog,wild}) a torchvision backbone; CelebA with --attributes a multi-label
+network with one logit per attribute (paper: ResNeXt-50, Adamax). No pretrained weights: the
+networks start from scratch, offline.
+
+The datasets yield images as the generator makes them ([-1, 1], 3 channels, at --size); every batch
+goes through utils.to_classifier_input, the same conversion later stages apply to generated
+images, so the classifier is tested on what it was trained on. Writes OUT/classifier.pt (kind
+"classifier": weights, arch, classes or attributes, input size, channels, normalisation, test
+accuracy) and OUT/args.json. The model kept is the last epoch's: the test split is never used
+to choose it.
+"""
+
+import argparse
+import os
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+import utils
+from model import CLASSIFIERS, build_classifier
+
+# Per-dataset defaults (any flag given on the command line wins); celeba follows paper A.2, mnist
+# trains longer than A.2 (see the docstring).
+DATASET_DEFAULTS = {
+    "mnist": dict(arch="lenet", size=32, batch=64, epochs=20, optim="adam", translate=2),
+    "folder": dict(arch="resnet50", size=256, batch=64, epochs=10, optim="adam", translate=0),
+    "celeba": dict(arch="resnext50_32x4d", size=256, batch=64, epochs=10, optim="adamax", translate=0),
+    "synthetic": dict(arch="lenet", size=16, batch=64, epochs=2, optim="adam", translate=0),
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+
+
+def resolve_defaults(args):
+    """A copy of args with the flags left at None filled from DATASET_DEFAULTS and the arch."""
+    resolved = argparse.Namespace(**vars(args))
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(resolved, key) is None:
+            setattr(resolved, key, value)
+    if resolved.image_size is None:
+        resolved.image_size = CLASSIFIERS[resolved.arch][1]
+    if resolved.channels is None:  # LeNet on MNIST reads gray digits; everything else RGB
+        resolved.channels = 1 if resolved.arch == "lenet" and args.dataset == "mnist" else 3
+    return resolved
+
+
+def load_splits(args):
+    """(train set, test set, dataset info); the test set is the dataset's own test split when it
+    has one (mnist, synthetic), --test_data for folders, else a seeded --test_fraction hold-out."""
+    train, info = utils.load_dataset(args.dataset, args.data, args.size, train=True, attributes=args.attributes)
+    if args.dataset in ("mnist", "synthetic"):
+        test, _ = utils.load_dataset(args.dataset, args.data, args.size, train=False)
+    elif args.test_data is not None:
+        if args.dataset != "folder":
+            raise utils.UserError("--test_data is for --dataset folder; CelebA holds out --test_fraction")
+        test, test_info = utils.load_dataset("folder", args.test_data, args.size, train=False)
+        if test_info["classes"] != info["classes"]:
+            raise utils.UserError(f"--test_data {args.test_data} has classes {test_info['classes']}, "
+                                  f"--data has {info['classes']}")
+    else:
+        if not 0 < args.test_fraction < 1:
+            raise utils.UserError("--test_fraction must be between 0 and 1")
+        n_test = max(1, int(len(train) * args.test_fraction))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        train, test = (torch.utils.data.Subset(train, order[n_test:]),
+                       torch.utils.data.Subset(train, order[:n_test]))
+    return train, test, info
+
+
+def in_memory(dataset, args, desc):
+    """The whole dataset as uint8 tensors (exact: the images are 8-bit), decoded once instead of
+    once per epoch; None when it would take more than --cache_gb."""
+    n_bytes = len(dataset) * 3 * args.size * args.size
+    if n_bytes > args.cache_gb * 2 ** 30:
+        return None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=args.workers)
+    images, labels = [], []
+    for x, y in tqdm(loader, desc=f"loading {desc} ({n_bytes / 2 ** 20:.0f} MB)", leave=False):
+        images.append(utils.to_uint8(x))
+        labels.append(torch.as_tensor(y))
+    return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
+
+
+def generator_space(images):
+    """Batches come as generator-space floats, or as uint8 from the in-memory copy."""
+    return utils.from_uint8(images) if images.dtype == torch.uint8 else images
+
+
+def classifier_meta(args, info):
+    """The checkpoint fields that say how to feed the classifier (see utils.to_classifier_input)."""
+    return {"arch": args.arch, "classes": info["classes"], "attributes": info["attributes"],
+            "multilabel": info["multilabel"], "image_size": args.image_size, "channels": args.channels,
+            "normalization": utils.CLASSIFIER_NORMALIZATION[args.channels], "data_size": args.size}
+
+
+def augment(images, args):
+    """Random horizontal flips (--hflip) and random translations by up to --translate pixels, the
+    uncovered border filled with the image's corner value (the background)."""
+    if args.hflip:
+        flip = torch.rand(len(images), device=images.device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    t = args.translate
+    if t > 0:
+        n, _, h, w = images.shape
+        fill = images[:, :, :1, :1]
+        padded = fill.expand(-1, -1, h + 2 * t, w + 2 * t).clone()
+        padded[:, :, t:t + h, t:t + w] = images
+        dy, dx = torch.randint(0, 2 * t + 1, (2, n)).tolist()
+        images = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return images
+
+
+def loss_and_correct(logits, labels, multilabel):
+    """(loss, number of correct decisions, number of decisions) for one batch."""
+    if multilabel:
+        labels = labels.float()
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        correct = ((logits >= 0) == (labels > 0.5)).sum()
+        return loss, correct, labels.numel()
+    loss = F.cross_entropy(logits, labels)
+    return loss, (logits.argmax(1) == labels).sum(), labels.numel()
+
+
+@torch.no_grad()
+def test_accuracy(model, loader, meta, device):
+    """(accuracy in %, per class (recall) or per attribute accuracy in % as a dict)."""
+    model.eval()
+    names = utils.class_names(meta)
+    hits, totals = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
+    for images, labels in tqdm(loader, desc="test", leave=False):
+        logits = model(utils.to_classifier_input(generator_space(images.to(device)), meta)).cpu()
+        if meta["multilabel"]:
+            hits += ((logits >= 0) == (labels > 0.5)).sum(0)
+            totals += len(labels)
+        else:
+            hits += torch.bincount(labels[logits.argmax(1) == labels], minlength=len(names))
+            totals += torch.bincount(labels, minlength=len(names))
+    per_name = {name: 100 * float(h / t) if t else float("nan") for name, h, t in zip(names, hits, totals)}
+    # single-label: share of test images right; multi-label: mean accuracy over the attributes
+    overall = 100 * float(hits.sum() / totals.sum()) if not meta["multilabel"] else \
+        100 * float((hits / totals.clamp(min=1)).mean())
+    return overall, per_name
+
+
+def train(args, model, meta, train_loader, device):
+    optim = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    # cosine decay to 0 over the run (the paper gives no schedule; the end matters: no model selection)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, args.epochs * len(train_loader))
+    for epoch in range(args.epochs):
+        model.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}")
+        seen = correct = 0
+        for images, labels in bar:
+            images, labels = generator_space(images.to(device)), labels.to(device)
+            images = augment(images, args)
+            logits = model(utils.to_classifier_input(images, meta))
+            loss, hits, count = loss_and_correct(logits, labels, meta["multilabel"])
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            schedule.step()
+            seen, correct = seen + count, correct + int(hits)
+            bar.set_description(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.4f} "
+                                f"train acc {100 * correct / seen:.2f}%")
+    return model.eval()
+
+
+def main(args):
+    args = resolve_defaults(args)
+    if args.epochs < 1 or args.batch < 1:
+        raise utils.UserError("--epochs and --batch must be at least 1")
+    utils.seed_everything(args.seed)
+    utils.prepare_out_dir(args.out)
+    utils.write_args_json(args.out, args)
+
+    train_set, test_set, info = load_splits(args)
+    meta = classifier_meta(args, info)
+    names = utils.class_names(meta)
+    try:
+        model = build_classifier(args.arch, len(names), args.channels).to(args.device)
+    except ValueError as err:
+        raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
+    print(f"{args.arch} on {args.dataset}: {len(train_set)} train / {len(test_set)} test images, "
+          f"{len(names)} {'attributes' if meta['multilabel'] else 'classes'}, input "
+          f"{args.channels}x{args.image_size}x{args.image_size} from {args.size} px data")
+
+    cached = in_memory(train_set, args, "train set"), in_memory(test_set, args, "test set")
+    train_set = train_set if cached[0] is None else cached[0]
+    test_set = test_set if cached[1] is None else cached[1]
+    loader_args = dict(batch_size=args.batch, num_workers=args.workers)
+    train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
+                                               generator=torch.Generator().manual_seed(args.seed), **loader_args)
+    test_loader = torch.utils.data.DataLoader(test_set, shuffle=False, **loader_args)
+    model = train(args, model, meta, train_loader, args.device)
+
+    accuracy, per_name = test_accuracy(model, test_loader, meta, args.device)
+    per_key = "test_accuracy_per_attribute" if meta["multilabel"] else "test_accuracy_per_class"
+    ckpt = {"kind": "classifier", "model": model.state_dict(), **meta, "test_accuracy": accuracy,
+            per_key: per_name, "test_count": len(test_set), "epochs": args.epochs,
+            "args": utils.plain_args(args),
+            "sources": {"data": os.path.abspath(args.data) if args.dataset != "synthetic" else "synthetic",
+                        "test_data": args.test_data}}
+    path = os.path.join(args.out, "classifier.pt")
+    utils.save_checkpoint(ckpt, path)
+    print(f"test accuracy {accuracy:.2f}% on {len(test_set)} images"
+          + (" (mean over attributes)" if meta["multilabel"] else ""))
+    print("  " + ", ".join(f"{name} {value:.1f}%" for name, value in per_name.items()))
+    print(f"saved {path}")
+    return ckpt
+
+
+if __name__ == "__main__":
+    archs = "; ".join(f"{name}: {desc}, {size} px" for name, (_, size, desc) in CLASSIFIERS.items())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    utils.add_data_args(parser, exclude=False)
+    parser.add_argument("--test_data", default=None,
+                        help="folder: a separate folder of the same classes for the test (e.g. AFHQ val)")
+    parser.add_argument("--test_fraction", type=float, default=0.1,
+                        help="folder/celeba without --test_data: share of --data held out for the test")
+    parser.add_argument("--arch", choices=list(CLASSIFIERS), default=None,
+                        help=f"network ({archs}); default lenet for mnist, resnet50 for folder, "
+                             f"resnext50_32x4d for celeba")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resolution the data is loaded at: the generator's (default 32 mnist, 256 folder/celeba)")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="classifier input size (square); default the arch's; images are resized to it")
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                        help="classifier input channels (1 = luma grayscale); default 1 for lenet on mnist, else 3")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 64)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20 mnist, 10 folder/celeba)")
+    parser.add_argument("--optim", choices=list(OPTIMIZERS), default=None,
+                        help="optimizer (default adamax for celeba as in the paper, adam otherwise)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate (paper: 2e-3)")
+    parser.add_argument("--hflip", action="store_true",
+                        help="random horizontal flips (the paper's CelebA classifier used flips; not for digits)")
+    parser.add_argument("--translate", type=int, default=None,
+                        help="random shifts by up to this many pixels of --size (default 2 for mnist, else 0)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--cache_gb", type=float, default=2,
+                        help="keep the decoded data in memory (uint8) when it fits in this many GiB (0: never)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
+    parser.add_argument("--device", default=utils.default_device(), help="torch device")
+    parser.add_argument("--out", default="runs/classifier", help="output folder for classifier.pt and args.json")
+    utils.run_cli(main, parser.parse_args())
