@@ -80,7 +80,7 @@ def save_feedback_grid(images, negative, path, n_show=64):
     utils.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
 
 
-def collect_feedback(args, g_ema, fingerprint, device):
+def collect_feedback(args, g_ema, fingerprint, marked, device):
     """Generate the pool of --n_feedback samples and label it; returns the feedback dict."""
     zs, images = [], []
     for z, batch in utils.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
@@ -99,7 +99,7 @@ def collect_feedback(args, g_ema, fingerprint, device):
         labelled_by = {"oracle": os.path.abspath(args.classifier), "negative": name}
     else:
         negative = torch.zeros(len(images_uint8), dtype=torch.bool)
-        negative[read_marked(args, len(images_uint8))] = True
+        negative[marked] = True
         labelled_by = {"human": os.path.abspath(args.marked_file) if args.marked_file else "--marked",
                        "marked": torch.nonzero(negative).flatten().tolist()}
 
@@ -172,7 +172,8 @@ def main(args):
               f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
         return
 
-    feedback = collect_feedback(args, g_ema, fingerprint, device)
+    marked = read_marked(args, args.n_feedback) if args.classifier is None else None
+    feedback = collect_feedback(args, g_ema, fingerprint, marked, device)
     feedback_path = os.path.join(args.out, "feedback.pt")
     utils.save_checkpoint(feedback, feedback_path)
     negative = feedback["negative"]

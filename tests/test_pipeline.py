@@ -1,0 +1,163 @@
+"""The whole pipeline through files, as a user runs it: tiny StyleGAN2 -> tiny classifier ->
+negative_adapt (oracle, k = 2) -> unlearn (every method) -> extrapolate -> evaluate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GAN = ["--size", "8", "--style_dim", "8", "--n_mlp", "1", "--channel_max", "8"]
+SHORT = ["--batch", "8", "--n_sample", "4"]
+UNLEARN_METHODS = {
+    "el2": ["--method", "repulsion", "--repulsion", "el2"],
+    "nl2": ["--method", "repulsion", "--repulsion", "nl2"],
+    "il2": ["--method", "repulsion", "--repulsion", "il2"],
+    "finetune": ["--method", "finetune"],
+    "ewc": ["--method", "ewc", "--fisher_samples", "8"],
+    "cf_k": ["--method", "cf_k"],
+    "eu_k": ["--method", "eu_k"],
+    "l1_sparse": ["--method", "l1_sparse"],
+}
+
+
+def command(script, *args):
+    return [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+
+
+def run(script, *args, check=True):
+    done = subprocess.run(command(script, *args), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{done.stderr[-3000:]}")
+    return done
+
+
+def one_line_error(script, *args):
+    """The script fails with status 2 and one `error:` line (after any progress bars), no traceback."""
+    done = run(script, *args, check=False)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("error: ") and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return last
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Pre-trained GAN, classifier and Stage 1 outputs, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("chain")
+    paths = {"gan": str(root / "gan" / "final.pt"), "clf": str(root / "clf" / "classifier.pt"),
+             "adapt": str(root / "adapt"), "root": root}
+    gan = subprocess.Popen(command("train_stylegan2.py", "--dataset", "synthetic", *GAN, "--batch", "8",
+                                   "--workers", "0", "--iter", "40", "--out", root / "gan"),
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run("train_classifier.py", "--dataset", "synthetic", "--size", "8", "--arch", "lenet", "--epochs", "1",
+        "--workers", "0", "--out", root / "clf")
+    assert gan.wait() == 0, gan.stderr.read()[-3000:]
+
+    # the class the tiny generator makes less often plays the undesired one
+    g, _ = utils.load_generator(paths["gan"])
+    classifier, meta = utils.load_classifier(paths["clf"])
+    images = torch.cat([b for _, b in utils.generate_images(g, 200, 0, 100, "cpu")])
+    counts = utils.label_counts(utils.classify(classifier, meta, utils.from_uint8(utils.to_uint8(images))), meta)
+    assert counts.min() > 0, f"the tiny generator makes one class only: {counts.tolist()}"
+    paths["negative"] = meta["classes"][int(counts.argmin())]
+    paths["n_negative"] = int(counts.min())
+
+    done = run("negative_adapt.py", "--ckpt", paths["gan"], "--classifier", paths["clf"], "--negative",
+               paths["negative"], "--n_feedback", 200, "--n_models", 2, "--iter", 4, "--fisher_samples", 8,
+               "--n_check", 40, *SHORT, "--out", paths["adapt"])
+    paths["adapt_stdout"] = done.stdout
+    paths["adapted"] = [os.path.join(paths["adapt"], f"adapted_{j}.pt") for j in range(2)]
+    return paths
+
+
+def test_feedback_and_stage1(chain):
+    feedback = utils.load_checkpoint(os.path.join(chain["adapt"], "feedback.pt"), "feedback")
+    assert feedback["images"].dtype == torch.uint8 and feedback["images"].shape == (200, 3, 8, 8)
+    assert feedback["z"].shape == (200, 8)
+    # the oracle's labels are those of the same seeded samples classified above
+    assert int(feedback["negative"].sum()) == chain["n_negative"]
+    assert feedback["labelled_by"]["negative"] == chain["negative"]
+    for j, path in enumerate(chain["adapted"]):
+        nets, ckpt = utils.load_stylegan2(path)
+        assert ckpt["method"]["stage"] == "negative_adapt" and ckpt["method"]["model_index"] == j
+        assert ckpt["method"]["n_negatives"] == chain["n_negative"]
+    assert chain["adapt_stdout"].count(f"samples are '{chain['negative']}'") == 2
+    assert os.path.exists(os.path.join(chain["adapt"], "feedback.png"))
+
+
+def test_unlearn_every_method_extrapolate_and_evaluate(chain):
+    root = chain["root"]
+    processes = {}
+    for name, flags in UNLEARN_METHODS.items():
+        args = ["--ckpt", chain["gan"], "--feedback", os.path.join(chain["adapt"], "feedback.pt"),
+                "--adapted", *chain["adapted"], *flags, "--iter", 3, *SHORT, "--out", root / f"unlearn_{name}"]
+        processes[name] = subprocess.Popen(command("unlearn.py", *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)
+    run("extrapolate.py", "--ckpt", chain["gan"], "--adapted", *chain["adapted"], "--gamma", 0, 1,
+        "--n_sample", 4, "--out", root / "extrapolate")
+    for name, process in processes.items():
+        assert process.wait() == 0, f"unlearn {name}:\n{process.stderr.read()[-3000:]}"
+
+    theta_g = utils.load_generator(chain["gan"])[0].state_dict()
+    for name in UNLEARN_METHODS:
+        nets, ckpt = utils.load_stylegan2(str(root / f"unlearn_{name}" / "unlearned.pt"))
+        assert ckpt["method"]["stage"] == "unlearn" and ckpt["step"] == 3
+        changed = [k for k, v in nets["g_ema"].state_dict().items() if not torch.equal(v, theta_g[k])]
+        if name == "cf_k":  # only the last 10 tensors train; EMA moves only those
+            assert set(changed) <= set(ckpt["method"]["last_k"]) and changed
+        else:
+            assert changed
+    assert UNLEARN_METHODS and utils.load_checkpoint(str(root / "unlearn_el2" / "unlearned.pt"))["method"]["d0"] > 0
+
+    # gamma 0 is the pre-trained generator itself
+    extrapolated, ckpt = utils.load_stylegan2(str(root / "extrapolate" / "extrapolated_0.pt"))
+    assert all(torch.equal(v, theta_g[k]) for k, v in extrapolated["g_ema"].state_dict().items())
+    assert ckpt["method"]["gamma"] == 0
+
+    out = root / "eval"
+    run("evaluate.py", root / "unlearn_el2" / "unlearned.pt", root / "unlearn_finetune" / "unlearned.pt",
+        "--reference", chain["gan"], "--classifier", chain["clf"], "--negative", chain["negative"],
+        "--retrained", root / "extrapolate" / "extrapolated_1.pt", "--dataset", "synthetic",
+        "--features", "classifier", "--n_sample", 200, "--n_fid", 100, "--n_grid", 4, "--out", out)
+    metrics = json.load(open(out / "metrics.json"))
+    assert os.path.exists(out / "metrics.json")
+    text = json.dumps(metrics)
+    assert "classifier-feature" in text and "PUL" in text.upper()
+
+
+def test_bad_input(chain):
+    root = chain["root"]
+    feedback = os.path.join(chain["adapt"], "feedback.pt")
+    message = one_line_error("negative_adapt.py", "--ckpt", chain["gan"], "--n_feedback", 20,
+                             "--marked", *range(20), "--out", root / "bad1")
+    assert "no positive" in message and "--n_feedback" in message
+    assert "outside the contact sheets" in one_line_error(
+        "negative_adapt.py", "--ckpt", chain["gan"], "--n_feedback", 20, "--marked", 3, 20, "--out", root / "bad2")
+    assert "not a class" in one_line_error(
+        "negative_adapt.py", "--ckpt", chain["gan"], "--classifier", chain["clf"], "--negative", "diagonal",
+        "--out", root / "bad3")
+    assert "needs --adapted" in one_line_error(
+        "unlearn.py", "--ckpt", chain["gan"], "--feedback", feedback, "--out", root / "bad4")
+    # feedback of another generator: the extrapolated one is not the pre-trained one
+    other = str(root / "extrapolate" / "extrapolated_1.pt")
+    if os.path.exists(other):
+        assert "another generator" in one_line_error(
+            "unlearn.py", "--ckpt", other, "--feedback", feedback, "--method", "finetune", "--out", root / "bad5")
+    # adapted models of another architecture
+    wide = root / "wide.pt"
+    nets = utils.build_stylegan2(dict(size=8, style_dim=8, n_mlp=1, channel_max=16))
+    utils.save_checkpoint(utils.stylegan2_checkpoint(nets, dict(size=8, style_dim=8, n_mlp=1, channel_max=16), {},
+                                                     0, {}), str(wide))
+    assert "architecture differs" in one_line_error(
+        "unlearn.py", "--ckpt", chain["gan"], "--feedback", feedback, "--adapted", wide, "--out", root / "bad6")
+    assert "is a classifier checkpoint" in one_line_error(
+        "unlearn.py", "--ckpt", chain["clf"], "--feedback", feedback, "--out", root / "bad7")
+    message = one_line_error("unlearn.py", "--ckpt", chain["gan"], "--feedback", feedback, "--method", "finetune",
+                             "--lr", "1e30", "--iter", 20, "--log_every", 1, "--save_every", 1, *SHORT,
+                             "--out", root / "bad8")
+    assert "NaN" in message and "last good checkpoint" in message
