@@ -18,16 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a small shared machine, OpenMP threads waiting on each other make these tiny ops many
-    times slower; one thread is faster here and changes no result."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_args(out, **overrides):
     args = dict(dataset="synthetic", data="unused", attributes=None, test_data=None, test_fraction=0.25,
                 arch=None, size=None, image_size=None, channels=None, batch=None, epochs=None, optim=None,

@@ -21,16 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_ARGS = dict(size=16, style_dim=16, n_mlp=1, channel_max=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a small shared machine, OpenMP threads waiting on each other make these tiny ops many
-    times slower; one thread is faster here and changes no result."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- Fréchet distance ----------------------------------------------------------------------
 
 
