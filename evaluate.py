@@ -6,7 +6,7 @@
         --inception pt_inception-2015-12-05-6726825d.pth --out runs/eval
     python evaluate.py --fid real_stats.npz other_stats.npz      # FID between two statistics files
 
-Protocol (paper §5.3, appendix E; notes §5): every generator (its g_ema) draws the same seeded samples
+Protocol (paper §5.3 and appendix E): every generator (its g_ema) draws the same seeded samples
 (one z ~ N(0, I) per image, ψ = 1, noise from the seed too), quantised to uint8 as if saved.
 - PUL = 100 · (S_n(reference) − S_n(model)) / S_n(reference), S_n = number of the first --n_sample
   samples the classifier calls --negative (argmax for classes, logit >= 0 for attributes).

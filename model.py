@@ -429,7 +429,7 @@ class Discriminator(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 as in the official MNIST classifier (official_code_notes §1.1): conv 5x5 to 6, pool,
+    """LeNet-5 as in the official MNIST classifier: conv 5x5 to 6, pool,
     conv 5x5 to 16, pool, conv 5x5 to 120, FC 84, FC `num_outputs`; input `channels` x 32 x 32.
     Returns logits (the official network ends in LogSoftmax; argmax is the same)."""
 

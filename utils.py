@@ -234,7 +234,7 @@ def load_generator(path, device="cpu"):
 
 
 def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None):
-    """The design.md checkpoint dict: rosinality's keys + kind, model_args, step, args, sources."""
+    """A StyleGAN2 checkpoint dict: rosinality's keys + kind, model_args, step, args, sources."""
     ckpt = {name: net.state_dict() for name, net in nets.items()}
     for name, optim in (optimizers or {}).items():
         ckpt[name] = optim.state_dict()
@@ -472,7 +472,7 @@ def save_image_grid(images, path, nrow=8):
 # Classifier input: generator space ([-1, 1], 3 channels, any size) is converted in ONE place,
 # `to_classifier_input`, used both to train the classifier (the datasets yield generator-space
 # images) and to classify generated images, so the classifier sees at test time what it was
-# trained on. The official code fed [-1, 1] to networks trained on [0, 1] (notes §8.2).
+# trained on. The official code fed [-1, 1] to networks trained on [0, 1].
 
 # Pixel statistics in [0, 1] used to normalise a new classifier's input: MNIST's for one
 # channel, ImageNet's for three (the usual choices for these inputs; recorded in the checkpoint).
@@ -511,7 +511,7 @@ def class_names(meta):
 def load_classifier(path, device="cpu"):
     """A classifier checkpoint -> (model on `device` in eval mode, meta = the checkpoint's other
     fields plus "path"). Always eval(): BatchNorm must not use the statistics of a generated batch
-    (the official AFHQ code forgot it, notes §1.3)."""
+    (the official AFHQ code forgot it)."""
     from model import CLASSIFIERS, build_classifier
 
     ckpt = load_checkpoint(path, "classifier")
