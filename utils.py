@@ -1022,12 +1022,14 @@ class _SquaredDistance(torch.autograd.Function):
 
 
 def _check_aligned(params, anchors, what):
+    """Same number of tensors, same shapes (foreach ops would broadcast a misaligned list)."""
+    if [p.shape for p in params] == [a.shape for a in anchors]:
+        return
     if len(params) != len(anchors):
         raise ValueError(f"{what}: {len(anchors)} tensors for {len(params)} parameters")
-    for index, (param, anchor) in enumerate(zip(params, anchors)):
-        if param.shape != anchor.shape:
-            raise ValueError(f"{what}: tensor {index} has shape {tuple(anchor.shape)}, "
-                             f"parameter has {tuple(param.shape)}")
+    index = next(i for i, (p, a) in enumerate(zip(params, anchors)) if p.shape != a.shape)
+    raise ValueError(f"{what}: tensor {index} has shape {tuple(anchors[index].shape)}, "
+                     f"parameter has {tuple(params[index].shape)}")
 
 
 def fisher_diagonal(params, per_sample_loglik):
