@@ -347,8 +347,8 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=utils.HelpFormatter)
     parser.add_argument("ckpt", nargs="*", help="generator checkpoints to evaluate (several seeds: mean ± std)")
     parser.add_argument("--reference", help="the pre-trained generator (PUL baseline, first row of the grid)")
     parser.add_argument("--classifier", help="classifier checkpoint from train_classifier.py")

@@ -442,7 +442,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Adapt-then-Unlearn on a 2-D mixture of Gaussians.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
     parser.add_argument("--out", type=str, default="runs/mog_toy", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
     parser.add_argument("--methods", nargs="+", default=["el2"], choices=list(ALL_METHODS) + ["all"],

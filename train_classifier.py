@@ -218,8 +218,8 @@ def main(args):
 
 if __name__ == "__main__":
     archs = "; ".join(f"{name}: {desc}, {size} px" for name, (_, size, desc) in CLASSIFIERS.items())
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=utils.HelpFormatter)
     utils.add_data_args(parser, exclude=False)
     parser.add_argument("--test_data", default=None,
                         help="folder: a separate folder of the same classes for the test (e.g. AFHQ val)")

@@ -39,7 +39,13 @@ def run_cli(main, args):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every flag's default."""
+    """--help keeps the docstring's layout and shows each flag's default (unless it is None:
+    such flags say in their help what they default to)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def default_device():
