@@ -122,6 +122,7 @@ def main(args):
         for sub in ("checkpoint", "sample"):
             os.makedirs(os.path.join(args.out, sub), exist_ok=True)
 
+    utils.seed_everything(args.seed)  # the initial weights too
     nets, model_args, resumed = build_or_resume(args)
     for net in nets.values():
         net.to(device)

@@ -112,7 +112,8 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain):
             assert set(changed) <= set(ckpt["method"]["last_k"]) and changed
         else:
             assert changed
-    assert UNLEARN_METHODS and utils.load_checkpoint(str(root / "unlearn_el2" / "unlearned.pt"))["method"]["d0"] > 0
+    repulsion = utils.load_checkpoint(str(root / "unlearn_el2" / "unlearned.pt"))["method"]
+    assert repulsion["d0"] > 0 and len(repulsion["adapted"]) == 2
 
     # gamma 0 is the pre-trained generator itself
     extrapolated, ckpt = utils.load_stylegan2(str(root / "extrapolate" / "extrapolated_0.pt"))
@@ -125,9 +126,13 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain):
         "--retrained", root / "extrapolate" / "extrapolated_1.pt", "--dataset", "synthetic",
         "--features", "classifier", "--n_sample", 200, "--n_fid", 100, "--n_grid", 4, "--out", out)
     metrics = json.load(open(out / "metrics.json"))
-    assert os.path.exists(out / "metrics.json")
-    text = json.dumps(metrics)
-    assert "classifier-feature" in text and "PUL" in text.upper()
+    assert metrics["reference"]["pul"] == 0 and metrics["reference"]["negatives"] > 0
+    assert len(metrics["checkpoints"]) == 2 and metrics["summary"]["pul"]["n"] == 2
+    for row in metrics["checkpoints"]:
+        expected = 100 * (metrics["reference"]["negatives"] - row["negatives"]) / metrics["reference"]["negatives"]
+        assert abs(row["pul"] - expected) < 1e-9 and row["fid"] >= 0 and row["ret_fid"] >= 0
+    assert metrics["protocol"]["fid"]["name"] == "classifier-feature FID"
+    assert os.path.exists(out / "comparison.png")
 
 
 def test_bad_input(chain):

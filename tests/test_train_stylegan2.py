@@ -164,3 +164,12 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = utils.load_checkpoint(os.path.join(out, "final.pt"), "stylegan2")
     assert ckpt["step"] == 3
+
+
+def test_same_seed_same_weights(tmp_path):
+    """--seed fixes everything: initial weights, noise, mixing, batch order."""
+    states = []
+    for name in ("a", "b"):
+        run(*TINY, "--iter", "3", "--out", str(tmp_path / name))
+        states.append(utils.load_checkpoint(str(tmp_path / name / "final.pt"))["g_ema"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
