@@ -154,8 +154,6 @@ def main(args):
         raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
     if args.n_models < 1:
         raise utils.UserError("--n_models must be at least 1")
-    if args.fisher_samples < 4 or args.fisher_samples % 4:
-        raise utils.UserError("--fisher_samples must be a positive multiple of 4 (the discriminator's groups)")
     utils.prepare_out_dir(args.out)
     device = args.device
     pretrained, ckpt = utils.load_stylegan2(args.ckpt, device=device)
@@ -173,6 +171,13 @@ def main(args):
         return
 
     marked = read_marked(args, args.n_feedback) if args.classifier is None else None
+    # the Fisher depends on θ_G and D only: computed once, before the feedback is written
+    utils.seed_everything(args.seed)
+    g_for_fisher = pretrained["g"]
+    g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
+    fisher = [f.to(device) for f in utils.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
+    theta_g = [p.detach().clone() for p in g_ema.parameters()]
+
     feedback = collect_feedback(args, g_ema, fingerprint, marked, device)
     feedback_path = os.path.join(args.out, "feedback.pt")
     utils.save_checkpoint(feedback, feedback_path)
@@ -180,13 +185,7 @@ def main(args):
     save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
     print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)} "
           f"-> {feedback_path}")
-    negatives = utils.from_uint8(feedback["images"][negative])
-
-    utils.seed_everything(args.seed)
-    g_for_fisher = pretrained["g"]
-    g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
-    fisher = [f.to(device) for f in utils.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
-    theta_g = [p.detach().clone() for p in g_ema.parameters()]
+    negatives = feedback["images"][negative]  # uint8, as the user saw them
 
     oracle = utils.load_classifier(args.classifier, device) if args.classifier else None
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))

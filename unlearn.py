@@ -34,12 +34,12 @@ METHODS = ("repulsion", "finetune", "ewc", "cf_k", "eu_k", "l1_sparse")
 
 
 def load_feedback(path, fingerprint):
-    """The positives of a feedback file made from this very generator, in [-1, 1]."""
+    """The positives (uint8) of a feedback file made from this very generator."""
     feedback = utils.load_checkpoint(path, "feedback")
     if feedback.get("generator_fingerprint") != fingerprint:
         raise utils.UserError(f"--feedback {path} was made from another generator "
                               f"({feedback.get('sources', {}).get('ckpt', 'unknown')}), not from --ckpt")
-    positives = utils.from_uint8(feedback["images"][~feedback["negative"]])
+    positives = feedback["images"][~feedback["negative"]]
     if len(positives) == 0:
         raise utils.UserError(f"--feedback {path} has no positive sample to train on")
     return positives

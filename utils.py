@@ -940,12 +940,15 @@ def run_gan_training(gan_step, next_batch, start, iters, log_every=10, sample=No
             last_good = save(done)
 
 
-def random_batches(images, batch, device):
-    """`next_batch()` for training on a small fixed image set (feedback samples): each call
-    draws `batch` images uniformly with replacement, so a set smaller than a batch works too."""
+def random_batches(images_uint8, batch, device):
+    """`next_batch()` for training on a small fixed set of uint8 images (the feedback samples):
+    the set moves to `device` once, as uint8; each call draws `batch` images uniformly with
+    replacement (so a set smaller than a batch works too) and returns them in [-1, 1]."""
+    images_uint8 = images_uint8.to(device)
+
     def next_batch():
-        index = torch.randint(len(images), (batch,))
-        return images[index].to(device, non_blocking=True)
+        index = torch.randint(len(images_uint8), (batch,), device=device)
+        return from_uint8(images_uint8[index])
     return next_batch
 
 
@@ -953,6 +956,9 @@ def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
     """Fisher diagonal of all of `g`'s parameters at their current values: the mean squared
     gradient of D's raw output on `n_samples` generated images (paper eq. 3; as the official
     code, the raw logit stands for the log-likelihood). Returns a list aligned with g.parameters()."""
+    if n_samples < 4 or n_samples % 4:
+        raise UserError(f"--fisher_samples {n_samples}: must be a positive multiple of 4 "
+                        "(the discriminator's minibatch-stddev groups)")
     params = list(g.parameters())
     was_training = g.training
     g.requires_grad_(True)

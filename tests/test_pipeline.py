@@ -104,6 +104,11 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain):
             assert set(changed) <= set(ckpt["method"]["last_k"]) and changed
         else:
             assert changed
+    # same seed, same batches: the runs with an extra generator loss differ from finetune by it alone
+    finetune = utils.load_checkpoint(str(root / "unlearn_finetune" / "unlearned.pt"))["g_ema"]
+    for name in ("el2", "nl2", "il2", "l1_sparse"):
+        state = utils.load_checkpoint(str(root / f"unlearn_{name}" / "unlearned.pt"))["g_ema"]
+        assert any(not torch.equal(state[k], finetune[k]) for k in finetune), name
     repulsion = utils.load_checkpoint(str(root / "unlearn_el2" / "unlearned.pt"))["method"]
     assert repulsion["d0"] > 0 and len(repulsion["adapted"]) == 2
 
@@ -148,6 +153,8 @@ def test_bad_input(chain):
         (["not a class"], "negative_adapt.py",
          ["--ckpt", chain["gan"], "--classifier", chain["clf"], "--negative", "diagonal"]),
         (["needs --adapted"], "unlearn.py", ["--ckpt", chain["gan"], "--feedback", feedback]),
+        (["multiple of 4"], "unlearn.py", ["--ckpt", chain["gan"], "--feedback", feedback, "--method", "ewc",
+                                           "--fisher_samples", 6]),
         (["another generator"], "unlearn.py", ["--ckpt", other, "--feedback", feedback, "--method", "finetune"]),
         (["architecture differs"], "unlearn.py", ["--ckpt", chain["gan"], "--feedback", feedback, "--adapted", wide]),
         (["is a classifier checkpoint"], "unlearn.py", ["--ckpt", chain["clf"], "--feedback", feedback]),
