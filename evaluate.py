@@ -373,7 +373,9 @@ if __name__ == "__main__":
                         help="only print the FID between two statistics files and exit")
     parser.add_argument("--batch", type=int, default=64, help="generation and feature batch size")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the real data")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation latents (same for every generator)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the evaluation latents, the same for every generator (not 0: negative_adapt.py "
+                             "shows the user the samples of seed 0, which must not be scored)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
     parser.add_argument("--out", default="runs/eval", help="output folder")
     utils.run_cli(main, parser.parse_args())

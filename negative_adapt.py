@@ -115,9 +115,9 @@ def collect_feedback(args, g_ema, fingerprint, marked, device):
             "sources": {"ckpt": os.path.abspath(args.ckpt)}}
 
 
-def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, device):
+def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_path_length, device):
     """Stage 1 for adapted model j: from θ_G (g_ema) and D, train on the negatives with the
-    adversarial loss + EWC. Returns its networks."""
+    adversarial loss + EWC. Returns its networks and running path length."""
     utils.seed_everything(args.seed + j)
     nets = utils.build_stylegan2(model_args)
     nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
@@ -132,10 +132,10 @@ def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, devic
         return utils.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
 
     gan_step = utils.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
-                             device=device)
+                             mean_path_length=mean_path_length, device=device)
     utils.run_gan_training(gan_step, utils.random_batches(negatives, args.batch, device), 0, args.iter,
                            args.log_every, desc=f"adapted {j}: ")
-    return nets
+    return nets, float(gan_step.mean_path_length)
 
 
 def negative_share(g, classifier, meta, index, n, seed, batch, device):
@@ -190,13 +190,15 @@ def main(args):
     oracle = utils.load_classifier(args.classifier, device) if args.classifier else None
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     for j in range(args.n_models):
-        nets = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, device)
+        nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
+                         ckpt.get("mean_path_length", 0.0), device)
         method = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
                   "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
                   "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
         path = os.path.join(args.out, f"adapted_{j}.pt")
         sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
-        utils.save_checkpoint(utils.stylegan2_checkpoint(nets, model_args, args, args.iter, sources, method=method),
+        utils.save_checkpoint(utils.stylegan2_checkpoint(nets, model_args, args, args.iter, sources, method=method,
+                                                         mean_path_length=mean_path_length),
                               path)
         with torch.no_grad():
             images, _ = nets["g_ema"]([sample_z.to(device)], randomize_noise=False)

@@ -72,9 +72,9 @@ def make_loader(dataset, batch, workers, rank, world):
 
 
 def save(path, nets, optimizers, model_args, args, step, sources, gan_step):
-    ckpt = utils.stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers)
+    ckpt = utils.stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers,
+                                      mean_path_length=gan_step.mean_path_length)
     ckpt["rng"] = rng_state()
-    ckpt["mean_path_length"] = float(gan_step.mean_path_length)
     utils.save_checkpoint(ckpt, path)
 
 
@@ -84,8 +84,8 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
     if world > 1:  # same starting weights everywhere; GANStep then averages the gradients
         for tensor in list(g.state_dict().values()) + list(d.state_dict().values()) + list(g_ema.state_dict().values()):
             dist.broadcast(tensor, 0)
-    gan_step = utils.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"], device=device)
-    gan_step.mean_path_length.fill_(mean_path_length)
+    gan_step = utils.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"],
+                             mean_path_length=mean_path_length, device=device)
 
     def next_batch():
         real, _ = next(data)

@@ -123,7 +123,8 @@ def main(args):
             g_ema.load_state_dict(g.state_dict())
         g_params = [p for name, p in g.named_parameters() if name in trained]
     g_optim, d_optim = utils.make_optimizers(g, d, args, g_params=g_params)
-    gan_step = utils.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss, device=device)
+    gan_step = utils.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss,
+                             mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)
 
     method = {"stage": "unlearn", "method": args.method, **details, "iter": args.iter,
               "positives": len(positives), "feedback": os.path.abspath(args.feedback)}
@@ -141,7 +142,8 @@ def main(args):
     def save(done, path=None):
         path = path or os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
         utils.save_checkpoint(utils.stylegan2_checkpoint({"g": g, "d": d, "g_ema": g_ema}, model_args, args, done,
-                                                         sources, method=dict(method, step=done)), path)
+                                                         sources, method=dict(method, step=done),
+                                                         mean_path_length=gan_step.mean_path_length), path)
         return path
 
     print(f"{args.method}{' ' + args.repulsion if args.method == 'repulsion' else ''}: "

@@ -239,8 +239,9 @@ def load_generator(path, device="cpu"):
     return nets[which].eval().requires_grad_(False), ckpt
 
 
-def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None):
-    """A StyleGAN2 checkpoint dict: rosinality's keys + kind, model_args, step, args, sources."""
+def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None, mean_path_length=None):
+    """A StyleGAN2 checkpoint dict: rosinality's keys + kind, model_args, step, args, sources, and the
+    running path length that a later fine-tuning starts from."""
     ckpt = {name: net.state_dict() for name, net in nets.items()}
     for name, optim in (optimizers or {}).items():
         ckpt[name] = optim.state_dict()
@@ -248,6 +249,8 @@ def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None,
                 args=plain_args(args), sources=dict(sources))
     if method is not None:
         ckpt["method"] = method
+    if mean_path_length is not None:
+        ckpt["mean_path_length"] = float(mean_path_length)
     return ckpt
 
 
@@ -852,13 +855,15 @@ class GANStep:
     Under torch.distributed every process runs it on its own batch and gradients are averaged.
     """
 
-    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, device="cpu"):
+    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, mean_path_length=0.0, device="cpu"):
         self.g, self.d, self.g_ema, self.args = g, d, g_ema, args
         self.g_optim, self.d_optim = g_optim, d_optim
         self.g_extra_loss = g_extra_loss
         self.device = device
         self.decay = ema_decay(args)
-        self.mean_path_length = torch.zeros((), device=device)
+        # fine-tuning must start from the checkpoint's running path length: from 0 the path-length
+        # penalty would pull G's Jacobian towards zero for hundreds of steps and blur the samples
+        self.mean_path_length = torch.tensor(float(mean_path_length), device=device)
 
     def _update(self, loss, module, optim):
         module.zero_grad(set_to_none=True)

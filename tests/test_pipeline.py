@@ -78,6 +78,12 @@ def test_feedback_and_stage1(chain):
         nets, ckpt = utils.load_stylegan2(path)
         assert ckpt["method"]["stage"] == "negative_adapt" and ckpt["method"]["model_index"] == j
         assert ckpt["method"]["n_negatives"] == chain["n_negative"]
+    # Stage 1 continues from the pre-trained running path length (from 0 the path penalty would
+    # shrink the generator); a few steps move it by at most a few per cent
+    pretrained_path_length = utils.load_checkpoint(chain["gan"])["mean_path_length"]
+    assert pretrained_path_length > 0
+    for path in chain["adapted"]:
+        assert utils.load_checkpoint(path)["mean_path_length"] > 0.5 * pretrained_path_length
     assert chain["adapt_stdout"].count(f"samples are '{chain['negative']}'") == 2
     assert os.path.exists(os.path.join(chain["adapt"], "feedback.png"))
 
@@ -99,6 +105,7 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain):
     for name in UNLEARN_METHODS:
         nets, ckpt = utils.load_stylegan2(str(root / f"unlearn_{name}" / "unlearned.pt"))
         assert ckpt["method"]["stage"] == "unlearn" and ckpt["step"] == 3
+        assert ckpt["mean_path_length"] > 0.5 * utils.load_checkpoint(chain["gan"])["mean_path_length"]
         changed = [k for k, v in nets["g_ema"].state_dict().items() if not torch.equal(v, theta_g[k])]
         if name == "cf_k":  # only the last 10 tensors train; EMA moves only those
             assert set(changed) <= set(ckpt["method"]["last_k"]) and changed
