@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
+# feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
+# evaluation. About 90 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
+# the LeNet.
+#
+#   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
+#   DATA=path/to/mnist bash mnist_cpu.sh 4   # another digit, another data folder
+#
+# Writes OUT/gan, OUT/lenet (shared by every digit), OUT/digit{D}/... and OUT/digit{D}/results.md
+# (the table); each stage's output goes to OUT/digit{D}/logs/ (or OUT/logs/ for shared stages),
+# its wall time to OUT/digit{D}/times.tsv. A stage whose result exists is skipped, so an
+# interrupted run continues where it stopped.
+#
+# The CPU-scale choices (see README "MNIST at CPU scale"):
+#   GAN: 32 px, latent 128, channels capped at 64, EMA half-life 0.5 kimg, 3000 iterations.
+#   Stage 1: k = 5 adapted models, 200 iterations each, EWC λ = 500 (the paper's 5e8 holds this
+#     small generator at θ_G).
+#   Stage 2: 200 iterations for every method. The repulsion weight μ of each loss is chosen from a
+#     2-value grid on validation latents (seed 2; the evaluation uses seed 1, the feedback seed 0):
+#     the highest validation PUL with classifier-feature FID at most 1.5× the pre-trained model's.
+#     Baselines keep their defaults.
+set -euo pipefail
+
+DIGIT=${1:?usage: bash mnist_cpu.sh DIGIT   (environment: DATA=mnist root, OUT=output folder)}
+DATA=${DATA:-data}
+OUT=${OUT:-runs/mnist_cpu}
+DEVICE=${DEVICE:-cpu}
+# iteration and sample counts: the defaults are the published run; small values give a quick
+# smoke run of the whole script (e.g. GAN_ITER=20 STAGE1_ITER=5 STAGE2_ITER=5 N_EVAL=500 N_FID=200)
+GAN_ITER=${GAN_ITER:-3000}
+STAGE1_ITER=${STAGE1_ITER:-200}
+STAGE2_ITER=${STAGE2_ITER:-200}
+N_EVAL=${N_EVAL:-15000}
+N_FID=${N_FID:-5000}
+SEEDS="0 1 2"
+EWC_LAMBDA=500
+EL2_ALPHA=0.1
+declare -A MU_GRID=([el2]="30 100" [nl2]="1 3" [il2]="3 10")
+BASELINES="cf_k eu_k l1_sparse ewc finetune"
+GAMMAS="0.25 0.5 1"
+
+D=$OUT/digit$DIGIT
+mkdir -p "$OUT/logs" "$D/logs"
+[ -f "$D/times.tsv" ] || printf "stage\tseconds\n" > "$D/times.tsv"
+
+# run NAME RESULT LOG command...: skip when RESULT exists, else run with its output in LOG and
+# record the wall time
+run() {
+    local name=$1 result=$2 log=$3; shift 3
+    if [ -e "$result" ]; then echo "[skip] $name ($result exists)"; return; fi
+    echo "[run ] $name"
+    local start=$SECONDS
+    if ! "$@" > "$log" 2>&1; then
+        echo "[fail] $name: see $log"; tail -n 3 "$log"; exit 1
+    fi
+    printf "%s\t%d\n" "$name" $((SECONDS - start)) | tee -a "$D/times.tsv" | sed 's/^/[done] /'
+}
+
+GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 --ema_kimg 0.5
+     --iter $GAN_ITER --sample_every 500 --save_every 1000 --workers 1 --device "$DEVICE")
+STAGE2=(--ckpt "$OUT/gan/final.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg 0.5
+        --sample_every 100 --save_every $STAGE2_ITER --device "$DEVICE")
+EVAL=(--reference "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
+      --dataset mnist --data "$DATA" --real_split train --features classifier --device "$DEVICE")
+
+# 1. the pre-trained GAN (shared), the retrained gold standard without the digit, the LeNet (shared)
+run pretrain "$OUT/gan/final.pt" "$OUT/logs/pretrain.log" \
+    python3 train_stylegan2.py "${GAN[@]}" --out "$OUT/gan"
+run retrain "$D/retrained/final.pt" "$D/logs/retrain.log" \
+    python3 train_stylegan2.py "${GAN[@]}" --exclude "$DIGIT" --out "$D/retrained"
+run classifier "$OUT/lenet/classifier.pt" "$OUT/logs/classifier.log" \
+    python3 train_classifier.py --dataset mnist --data "$DATA" --workers 1 --device "$DEVICE" --out "$OUT/lenet"
+
+# 2. feedback on 1000 samples (seed 0) and Stage 1
+run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
+    python3 negative_adapt.py --ckpt "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" \
+    --negative "$DIGIT" --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.5 \
+    --device "$DEVICE" --out "$D/adapt"
+ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)
+
+# 3. Stage 2: choose μ per repulsion loss on validation latents (seed 2), then the other seeds
+repulsion_args() {  # LOSS MU
+    local args=(--method repulsion --repulsion "$1" --mu "$2" --adapted "${ADAPTED[@]}")
+    [ "$1" = el2 ] && args+=(--alpha $EL2_ALPHA)
+    echo "${args[@]}"
+}
+for loss in el2 nl2 il2; do
+    for mu in ${MU_GRID[$loss]}; do
+        name=${loss}_mu${mu}
+        run "stage2 $name seed 0" "$D/$name/s0/unlearned.pt" "$D/logs/$name.s0.log" \
+            python3 unlearn.py "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed 0 --out "$D/$name/s0"
+        run "validate $name" "$D/validation/$name/metrics.json" "$D/logs/validate.$name.log" \
+            python3 evaluate.py "$D/$name/s0/unlearned.pt" "${EVAL[@]}" --seed 2 --n_sample $((N_EVAL / 3)) \
+            --n_fid $((N_FID * 2 / 5)) --n_grid 0 --real_stats "$OUT/real_stats_classifier.npz" --out "$D/validation/$name"
+    done
+    mu=$(python3 - "$D/validation" $loss ${MU_GRID[$loss]} <<'EOF'
+import json, sys
+folder, loss, grid = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = []
+for mu in grid:
+    m = json.load(open(f"{folder}/{loss}_mu{mu}/metrics.json"))
+    rows.append((m["checkpoints"][0]["pul"], m["checkpoints"][0]["fid"], m["reference"]["fid"], mu))
+within = [r for r in rows if r[1] <= 1.5 * r[2]]
+best = max(within, key=lambda r: (r[0], -r[1])) if within else min(rows, key=lambda r: r[1])
+for pul, fid, ref, mu in rows:
+    print(f"{loss} mu={mu}: validation PUL {pul:.2f}, FID {fid:.2f} (pre-trained {ref:.2f})"
+          f"{'  <- chosen' if mu == best[3] else ''}", file=sys.stderr)
+print(best[3])
+EOF
+)
+    echo "$mu" > "$D/validation/$loss.mu"
+    for seed in 1 2; do
+        run "stage2 ${loss}_mu$mu seed $seed" "$D/${loss}_mu$mu/s$seed/unlearned.pt" "$D/logs/${loss}_mu$mu.s$seed.log" \
+            python3 unlearn.py "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed $seed --out "$D/${loss}_mu$mu/s$seed"
+    done
+done
+for method in $BASELINES; do
+    extra=()
+    [ $method = ewc ] && extra=(--ewc_lambda $EWC_LAMBDA)
+    for seed in $SEEDS; do
+        run "stage2 $method seed $seed" "$D/$method/s$seed/unlearned.pt" "$D/logs/$method.s$seed.log" \
+            python3 unlearn.py "${STAGE2[@]}" --method $method "${extra[@]}" --seed $seed --out "$D/$method/s$seed"
+    done
+done
+run extrapolate "$D/extrapolate/extrapolated_1.pt" "$D/logs/extrapolate.log" \
+    python3 extrapolate.py --ckpt "$OUT/gan/final.pt" --adapted "${ADAPTED[@]}" --gamma $GAMMAS --out "$D/extrapolate"
+
+# 4. evaluation on 15,000 latents of seed 1: PUL, classifier-feature FID (5,000), Ret-FID, shares
+evaluate() {  # LABEL FOLDER CHECKPOINTS...
+    local label=$1 folder=$2; shift 2
+    run "evaluate $label" "$D/eval/$folder/metrics.json" "$D/logs/eval.$folder.log" \
+        python3 evaluate.py "$@" "${EVAL[@]}" --retrained "$D/retrained/final.pt" --seed 1 \
+        --n_sample $N_EVAL --n_fid $N_FID --real_stats "$OUT/real_stats_classifier.npz" --label "$label" \
+        --out "$D/eval/$folder"
+}
+evaluate retraining retraining "$D/retrained/final.pt"
+for loss in el2 nl2 il2; do
+    mu=$(cat "$D/validation/$loss.mu")
+    evaluate "$loss (mu $mu)" $loss "$D/${loss}_mu$mu"/s{0,1,2}/unlearned.pt
+done
+for method in $BASELINES; do
+    evaluate $method $method "$D/$method"/s{0,1,2}/unlearned.pt
+done
+for gamma in $GAMMAS; do
+    evaluate "extrapolation γ=$gamma" extrapolation_$gamma "$D/extrapolate/extrapolated_$gamma.pt"
+done
+
+# 5. the table
+python3 - "$D" "$DIGIT" $BASELINES <<'EOF'
+import json, os, sys
+root, digit, baselines = sys.argv[1], sys.argv[2], sys.argv[3:]
+folders = ["retraining", *baselines] + sorted(f for f in os.listdir(f"{root}/eval") if f.startswith("extrapolation")) \
+    + ["nl2", "il2", "el2"]
+fmt = lambda s: "N/A" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+first = json.load(open(f"{root}/eval/retraining/metrics.json"))
+ref = first["reference"]
+lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_sample']} latents (seed 1), classifier-feature FID on "
+         f"{first['protocol']['fid']['n_fid']}; pre-trained: {ref['negatives']} negatives, FID {ref['fid']:.2f}.", "",
+         "| Method | PUL (↑) | FID (↓) | Ret-FID (↓) | other digits' shares, largest change |", "|---|---|---|---|---|",
+         f"| pre-trained | – | {ref['fid']:.2f} | N/A | – |"]
+for folder in folders:
+    m = json.load(open(f"{root}/eval/{folder}/metrics.json"))
+    s = m["summary"]
+    others = {c: v for c, v in s["side_effects"].items() if c != digit}
+    worst = max(others, key=lambda c: abs(others[c]["mean"]))
+    ret = "N/A" if folder == "retraining" else fmt(s["ret_fid"])
+    name = json.load(open(f"{root}/eval/{folder}/args.json"))["args"]["label"]
+    lines.append(f"| {name} | {fmt(s['pul'])} | {fmt(s['fid'])} | {ret} | {worst}: {others[worst]['mean']:+.1f}% |")
+open(f"{root}/results.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+echo "stage times (s):"; column -t -s $'\t' "$D/times.tsv"
