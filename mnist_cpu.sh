@@ -52,7 +52,7 @@ run() {
     echo "[run ] $name"
     local start=$SECONDS
     if ! "$@" > "$log" 2>&1; then
-        echo "[fail] $name: see $log"; tail -n 3 "$log"; exit 1
+        echo "[fail] $name: see $log"; tr '\r' '\n' < "$log" | tail -n 3; exit 1
     fi
     printf "%s\t%d\n" "$name" $((SECONDS - start)) | tee -a "$D/times.tsv" | sed 's/^/[done] /'
 }
@@ -80,6 +80,7 @@ run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
 ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)
 
 # 3. Stage 2: choose μ per repulsion loss on validation latents (seed 2), then the other seeds
+# (validation uses a third of the evaluation's samples and 2/5 of its FID samples: 5,000 and 2,000)
 repulsion_args() {  # LOSS MU
     local args=(--method repulsion --repulsion "$1" --mu "$2" --adapted "${ADAPTED[@]}")
     [ "$1" = el2 ] && args+=(--alpha $EL2_ALPHA)
