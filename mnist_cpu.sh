@@ -93,7 +93,7 @@ for loss in el2 nl2 il2; do
             python3 unlearn.py "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed 0 --out "$D/$name/s0"
         run "validate $name" "$D/validation/$name/metrics.json" "$D/logs/validate.$name.log" \
             python3 evaluate.py "$D/$name/s0/unlearned.pt" "${EVAL[@]}" --seed 2 --n_sample $((N_EVAL / 3)) \
-            --n_fid $((N_FID * 2 / 5)) --n_grid 0 --real_stats "$OUT/real_stats_classifier.npz" --out "$D/validation/$name"
+            --n_fid $((N_FID * 2 / 5)) --n_grid 0 --real_stats "$D/real_stats_classifier.npz" --out "$D/validation/$name"
     done
     mu=$(python3 - "$D/validation" $loss ${MU_GRID[$loss]} <<'EOF'
 import json, sys
@@ -132,7 +132,7 @@ evaluate() {  # LABEL FOLDER CHECKPOINTS...
     local label=$1 folder=$2; shift 2
     run "evaluate $label" "$D/eval/$folder/metrics.json" "$D/logs/eval.$folder.log" \
         python3 evaluate.py "$@" "${EVAL[@]}" --retrained "$D/retrained/final.pt" --seed 1 \
-        --n_sample $N_EVAL --n_fid $N_FID --real_stats "$OUT/real_stats_classifier.npz" --label "$label" \
+        --n_sample $N_EVAL --n_fid $N_FID --real_stats "$D/real_stats_classifier.npz" --label "$label" \
         --out "$D/eval/$folder"
 }
 evaluate retraining retraining "$D/retrained/final.pt"
