@@ -159,7 +159,7 @@ ref = first["reference"]
 lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_sample']} latents (seed 1), classifier-feature FID on "
          f"{first['protocol']['fid']['n_fid']}; pre-trained: {ref['negatives']} negatives, FID {ref['fid']:.2f}.", "",
          "| Method | PUL (↑) | FID (↓) | Ret-FID (↓) | other digits' shares, largest change |", "|---|---|---|---|---|",
-         f"| pre-trained | – | {ref['fid']:.2f} | N/A | – |"]
+         f"| pre-trained | – | {ref['fid']:.2f} | {ref['ret_fid']:.2f} | – |"]
 for folder in folders:
     m = json.load(open(f"{root}/eval/{folder}/metrics.json"))
     s = m["summary"]
