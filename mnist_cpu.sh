@@ -13,7 +13,7 @@
 # interrupted run continues where it stopped.
 #
 # The CPU-scale choices (see README "MNIST at CPU scale"):
-#   GAN: 32 px, latent 128, channels capped at 64, EMA half-life 0.5 kimg, 3000 iterations.
+#   GAN: 32 px, latent 128, channels capped at 64, EMA half-life 0.25 kimg, 3000 iterations.
 #   Stage 1: k = 5 adapted models, 200 iterations each, EWC λ = 500 (the paper's 5e8 holds this
 #     small generator at θ_G).
 #   Stage 2: 200 iterations for every method. The repulsion weight μ of each loss is chosen from a
@@ -57,9 +57,9 @@ run() {
     printf "%s\t%d\n" "$name" $((SECONDS - start)) | tee -a "$D/times.tsv" | sed 's/^/[done] /'
 }
 
-GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 --ema_kimg 0.5
+GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 --ema_kimg 0.25
      --iter $GAN_ITER --sample_every 500 --save_every 1000 --workers 1 --device "$DEVICE")
-STAGE2=(--ckpt "$OUT/gan/final.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg 0.5
+STAGE2=(--ckpt "$OUT/gan/final.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg 0.25
         --sample_every 100 --save_every $STAGE2_ITER --device "$DEVICE")
 EVAL=(--reference "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
       --dataset mnist --data "$DATA" --real_split train --features classifier --device "$DEVICE")
@@ -75,7 +75,7 @@ run classifier "$OUT/lenet/classifier.pt" "$OUT/logs/classifier.log" \
 # 2. feedback on 1000 samples (seed 0) and Stage 1
 run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
     python3 negative_adapt.py --ckpt "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" \
-    --negative "$DIGIT" --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.5 \
+    --negative "$DIGIT" --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.25 \
     --device "$DEVICE" --out "$D/adapt"
 ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)
 

@@ -776,7 +776,7 @@ def add_gan_training_args(parser):
     parser.add_argument("--g_reg_every", type=int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
     parser.add_argument("--mixing", type=float, default=0.9, help="probability of style mixing (two latents)")
     parser.add_argument("--ema_kimg", type=float, default=10,
-                        help="EMA half-life in thousands of images: decay = 0.5 ** (32 / (ema_kimg * 1000))")
+                        help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000))")
     return parser
 
 
@@ -790,7 +790,9 @@ def make_optimizers(g, d, args, g_params=None):
 
 
 def ema_decay(args):
-    return 0.5 ** (32 / (args.ema_kimg * 1000))
+    # per step, so that the half-life is ema_kimg thousand images at any batch size (rosinality's
+    # 32 in place of the batch is this formula at batch 32)
+    return 0.5 ** (args.batch / (args.ema_kimg * 1000))
 
 
 @torch.no_grad()

@@ -173,3 +173,14 @@ def test_same_seed_same_weights(tmp_path):
         run(*TINY, "--iter", "3", "--out", str(tmp_path / name))
         states.append(utils.load_checkpoint(str(tmp_path / name / "final.pt"))["g_ema"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("batch", [4, 16, 32])
+def test_ema_half_life_is_ema_kimg_thousand_images(batch):
+    import argparse
+
+    args = argparse.Namespace(batch=batch, ema_kimg=0.5)
+    steps = 500 / batch  # 500 images
+    assert utils.ema_decay(args) ** steps == pytest.approx(0.5, rel=1e-9)
+    if batch == 32:  # rosinality's fixed 32 in place of the batch
+        assert utils.ema_decay(args) == pytest.approx(0.5 ** (32 / 500), rel=1e-12)
