@@ -191,7 +191,7 @@ def main(args):
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     for j in range(args.n_models):
         nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
-                         ckpt.get("mean_path_length", 0.0), device)
+                                           ckpt.get("mean_path_length", 0.0), device)
         method = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
                   "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
                   "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
