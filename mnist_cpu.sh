@@ -37,7 +37,7 @@ N_FID=${N_FID:-5000}
 GAN_THREADS=${GAN_THREADS:-$(( $(nproc) > 1 ? $(nproc) / 2 : 1 ))}
 SEEDS="0 1 2"
 EWC_LAMBDA=500
-EL2_ALPHA=0.1
+EL2_ALPHA=1
 declare -A MU_GRID=([el2]="30 100" [nl2]="1 3" [il2]="3 10")
 BASELINES="cf_k eu_k l1_sparse ewc finetune"
 GAMMAS="0.25 0.5 1"
