@@ -20,7 +20,7 @@
 #   Stage 2: 200 iterations for every method. The repulsion weight μ of each loss is chosen from a
 #     2-value grid on validation latents (seed 2; the evaluation uses seed 1, the feedback seed 0):
 #     the highest validation PUL with classifier-feature FID at most 1.5× the pre-trained model's.
-#     Baselines keep their defaults.
+#     EL2's α (1) was chosen once the same way, from {0.1, 0.3, 1}. Baselines keep their defaults.
 set -euo pipefail
 
 DIGIT=${1:?usage: bash mnist_cpu.sh DIGIT   (environment: DATA=mnist root, OUT=output folder)}
