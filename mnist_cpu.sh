@@ -44,6 +44,16 @@ GAMMAS="0.25 0.5 1"
 
 D=$OUT/digit$DIGIT
 mkdir -p "$OUT/logs" "$D/logs"
+# A stage is skipped when its output exists, so an OUT made with other settings would silently
+# mix two configurations: refuse it.
+SETTINGS="GAN_ITER=$GAN_ITER GAN_THREADS=$GAN_THREADS STAGE1_ITER=$STAGE1_ITER STAGE2_ITER=$STAGE2_ITER\
+ N_EVAL=$N_EVAL N_FID=$N_FID EWC_LAMBDA=$EWC_LAMBDA EL2_ALPHA=$EL2_ALPHA\
+ MU_GRID=${MU_GRID[el2]}/${MU_GRID[nl2]}/${MU_GRID[il2]}"
+if [ -f "$OUT/settings" ] && [ "$(cat "$OUT/settings")" != "$SETTINGS" ]; then
+    echo "error: $OUT was made with other settings ($(cat "$OUT/settings")); use another OUT= or the same settings" >&2
+    exit 1
+fi
+echo "$SETTINGS" > "$OUT/settings"
 [ -f "$D/times.tsv" ] || printf "stage\tseconds\n" > "$D/times.tsv"
 
 # run NAME RESULT LOG command...: skip when RESULT exists, else run with its output in LOG and
