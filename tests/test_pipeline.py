@@ -177,3 +177,25 @@ def test_bad_input(chain):
         last = stderr.strip().splitlines()[-1]
         assert process.returncode == 2 and last.startswith("error: ") and "Traceback" not in stderr, stderr[-2000:]
         assert all(word in last for word in words), (script, args, last)
+
+
+def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
+    # a missing MNIST folder makes both GAN stages fail at once, after the settings are recorded
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mnist_cpu.sh")
+    out = tmp_path / "out"
+
+    def mnist_cpu(gan_iter):
+        env = dict(os.environ, DATA=str(tmp_path / "no_mnist"), OUT=str(out), GAN_ITER=str(gan_iter))
+        return subprocess.run(["bash", script, "8"], capture_output=True, text=True, env=env,
+                              cwd=os.path.dirname(script))  # the script calls the others by relative path
+
+    first = mnist_cpu(4)
+    assert first.returncode == 1
+    assert "[fail] pretrain" in first.stdout and "[fail] retrain" in first.stdout
+    assert "MNIST is not under" in (out / "logs" / "pretrain.log").read_text()
+    assert (out / "settings").read_text().startswith("GAN_ITER=4 ")
+    other = mnist_cpu(5)
+    assert other.returncode == 1
+    assert "was made with other settings" in other.stderr and "[run ]" not in other.stdout
+    same = mnist_cpu(4)
+    assert same.returncode == 1 and "[run ] pretrain" in same.stdout
