@@ -74,8 +74,10 @@ def feature_space(args, clf, meta):
     if args.features == "classifier":
         def features(images):
             return utils.classifier_features(clf, meta, utils.from_uint8(utils.to_uint8(images))).double().cpu()
+        # identified by the weights' hash, not the path: statistics stay valid in a moved run folder
         return "classifier-feature FID", features, {
-            "feature_extractor": f"classifier penultimate features ({meta['arch']}, {meta['path']})",
+            "feature_extractor": f"classifier penultimate features ({meta['arch']})",
+            "weights": os.path.abspath(meta["path"]), "weights_sha256": utils.file_sha256(meta["path"]),
             "note": "classifier-feature FID: not the Inception FID, not comparable to published FIDs"}
     net, info = utils.load_fid_inception(args.inception, args.device)
     return "FID", lambda images: utils.inception_features(net, images), info

@@ -261,6 +261,30 @@ def test_evaluate_reference_against_itself(files, tmp_path, capsys):
     assert again["checkpoints"][0]["fid"] == pytest.approx(ref["fid"], rel=1e-9)
 
 
+def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_path):
+    """A run folder moved or copied elsewhere keeps its statistics file valid; statistics made with
+    another classifier's features are refused."""
+    stats = str(tmp_path / "real_stats.npz")
+    first = evaluate.main(eval_args(files, tmp_path / "a", [files["reference"]], retrained=None, n_grid=0,
+                                    real_stats=stats))
+    assert not first["protocol"]["fid"]["reference_set"]["loaded_from_file"]
+
+    moved = tmp_path / "moved" / "classifier.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(open(files["classifier"], "rb").read())
+    again = evaluate.main(eval_args(files, tmp_path / "b", [files["reference"]], classifier=str(moved),
+                                    retrained=None, n_grid=0, real_stats=stats))
+    assert again["protocol"]["fid"]["reference_set"]["loaded_from_file"]
+    assert again["reference"]["fid"] == pytest.approx(first["reference"]["fid"], rel=1e-9)
+
+    other = torch.load(files["classifier"], weights_only=True)
+    other["model"]["head.bias"] = other["model"]["head.bias"] + 1.0
+    utils.save_checkpoint(other, str(tmp_path / "other.pt"))
+    with pytest.raises(utils.UserError, match="was made with weights_sha256"):
+        evaluate.main(eval_args(files, tmp_path / "c", [files["reference"]], classifier=str(tmp_path / "other.pt"),
+                                retrained=None, n_grid=0, real_stats=stats))
+
+
 def test_evaluate_user_errors(files, tmp_path):
     with pytest.raises(utils.UserError, match="not a class of the classifier"):
         evaluate.main(eval_args(files, tmp_path, [files["reference"]], negative="diagonal"))
