@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
 # feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
-# evaluation. About 105 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
+# evaluation. About 106 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
 # the LeNet.
 #
 #   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
@@ -18,7 +18,7 @@
 #   Stage 1: k = 5 adapted models, 200 iterations each, EWC λ = 500 (the paper's 5e8 holds this
 #     small generator at θ_G).
 #   Stage 2: 200 iterations and an EMA half-life of 1 kimg for every method. The repulsion weight
-#     μ of each loss is chosen from a 2-value grid on validation latents (seed 2; the evaluation
+#     μ of each loss is chosen from a small grid on validation latents (seed 2; the evaluation
 #     uses seed 1, the feedback seed 0): the highest validation PUL with classifier-feature FID at
 #     most 1.5× the pre-trained model's. The Stage-2 EMA half-life and EL2's α were chosen once by
 #     the same rule on seed-0 EL2 runs (README: "How the weights were chosen"). Baselines keep
@@ -41,7 +41,7 @@ GAN_THREADS=${GAN_THREADS:-$(( $(nproc) > 1 ? $(nproc) / 2 : 1 ))}
 SEEDS="0 1 2"
 EWC_LAMBDA=500
 EL2_ALPHA=1
-declare -A MU_GRID=([el2]="30 100" [nl2]="1 3" [il2]="3 10")
+declare -A MU_GRID=([el2]="30 100 300" [nl2]="1 3" [il2]="3 10")
 BASELINES="cf_k eu_k l1_sparse ewc finetune"
 GAMMAS="0.25 0.5 1"
 
