@@ -106,6 +106,42 @@ def generator_pass(g, args, clf, meta, negative, features, desc):
     return result
 
 
+def cached_generator_pass(g, path, args, clf, meta, negative, features, fid_info, desc):
+    """generator_pass, kept in --cache: a pipeline scores the pre-trained and the retrained model
+    in every call, and each pass over 15,000 samples is most of a call's time on a CPU. The key
+    holds every input of the pass (file hashes, not paths, so a moved run folder still hits),
+    the thread count included: it changes the summation order, and so may flip a borderline
+    sample."""
+    if not args.cache:
+        return generator_pass(g, args, clf, meta, negative, features, desc)
+    import hashlib
+
+    key = {"generator_sha256": utils.file_sha256(path), "classifier_sha256": utils.file_sha256(args.classifier),
+           "negative": negative, "features": fid_info.get("feature_extractor"),
+           "features_sha256": fid_info.get("weights_sha256"), "seed": args.seed, "n_sample": args.n_sample,
+           "n_fid": args.n_fid, "batch": args.batch, "device": str(args.device), "threads": torch.get_num_threads(),
+           "torch": torch.__version__}
+    key_text = json.dumps(key, sort_keys=True)
+    file = os.path.join(args.cache, hashlib.sha256(key_text.encode()).hexdigest()[:24] + ".npz")
+    if os.path.isfile(file):
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                if str(data["key"]) == key_text:
+                    stats = (data["mu"], data["sigma"]) if "mu" in data.files else None
+                    return {"negative_mask": torch.from_numpy(data["negative_mask"]),
+                            "counts": data["counts"].tolist(), "stats": stats}
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # unreadable or foreign: computed again and replaced below
+    result = generator_pass(g, args, clf, meta, negative, features, desc)
+    arrays = {"key": np.asarray(key_text), "negative_mask": result["negative_mask"].numpy(),
+              "counts": np.asarray(result["counts"], dtype=np.int64)}
+    if result["stats"] is not None:
+        arrays.update(mu=np.asarray(result["stats"][0]), sigma=np.asarray(result["stats"][1]))
+    os.makedirs(args.cache, exist_ok=True)
+    utils.atomic_write(file, lambda f: np.savez(f, **arrays))
+    return result
+
+
 def real_statistics(args, features, fid_info, negative_name, size):
     """(mu, sigma, reference-set info): from --real_stats when that file exists, else from the real
     data without the negative class/feature (saved to --real_stats or OUT/real_stats.npz)."""
@@ -290,7 +326,7 @@ def main(args):
         real = (mu, sigma)
     results = []
     for role, label, path, g in generators:
-        results.append(generator_pass(g, args, clf, meta, negative, features, label))
+        results.append(cached_generator_pass(g, path, args, clf, meta, negative, features, fid_info, label))
     names = utils.class_names(meta)
     ref = results[0]
     ref_negatives = int(ref["negative_mask"].sum())
@@ -378,6 +414,10 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the evaluation latents, the same for every generator (not 0: negative_adapt.py "
                              "shows the user the samples of seed 0, which must not be scored)")
+    parser.add_argument("--cache", default=None,
+                        help="folder keeping each generator's samples' decisions and feature statistics, reused by "
+                             "later calls with the same generator file, classifier, seed, sample counts, batch, "
+                             "device and thread count (e.g. the pre-trained and retrained models of a pipeline)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
     parser.add_argument("--out", default="runs/eval", help="output folder")
     utils.run_cli(main, parser.parse_args())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
 # feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
-# evaluation. About 106 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
+# evaluation. About 95 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
 # the LeNet.
 #
 #   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
@@ -77,7 +77,7 @@ GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 -
 STAGE2=(--ckpt "$OUT/gan/final.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg $STAGE2_EMA_KIMG
         --sample_every 100 --save_every $STAGE2_ITER --device "$DEVICE")
 EVAL=(--reference "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
-      --dataset mnist --data "$DATA" --real_split train --features classifier --device "$DEVICE")
+      --dataset mnist --data "$DATA" --real_split train --features classifier --cache "$D/eval_cache" --device "$DEVICE")
 
 # 1. the pre-trained GAN (shared), the retrained gold standard without the digit, the LeNet (shared)
 # The two GANs train side by side with half the cores each: on 2 cores that is faster than one

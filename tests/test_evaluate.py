@@ -222,7 +222,8 @@ def eval_args(files, out, ckpts, **overrides):
     args = dict(ckpt=ckpts, reference=files["reference"], classifier=files["classifier"], negative="horizontal",
                 retrained=files["retrained"], label="unlearned", dataset="synthetic", data="unused", attributes=None,
                 real_split=None, n_real=None, real_stats=None, features="classifier", inception=None,
-                n_sample=96, n_fid=100, n_grid=6, fid=None, batch=50, workers=0, seed=0, device="cpu", out=str(out))
+                n_sample=96, n_fid=100, n_grid=6, fid=None, batch=50, workers=0, seed=0, cache=None, device="cpu",
+                out=str(out))
     args.update(overrides)
     return argparse.Namespace(**args)
 
@@ -283,6 +284,45 @@ def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_p
     with pytest.raises(utils.UserError, match="was made with weights_sha256"):
         evaluate.main(eval_args(files, tmp_path / "c", [files["reference"]], classifier=str(tmp_path / "other.pt"),
                                 retrained=None, n_grid=0, real_stats=stats))
+
+
+def scores(metrics):
+    """What a generator pass decides, per entry: negatives, PUL, FID, Ret-FID and side effects."""
+    entries = [metrics["reference"], metrics["retrained"], *metrics["checkpoints"]]
+    return [(e["negatives"], e["pul"], e["fid"], e["ret_fid"], e["side_effects"]) for e in entries]
+
+
+def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    plain = evaluate.main(eval_args(files, tmp_path / "plain", [files["retrained"]], n_grid=0))
+    first = evaluate.main(eval_args(files, tmp_path / "first", [files["retrained"]], n_grid=0, cache=cache))
+    assert scores(first) == scores(plain)
+    assert len(os.listdir(cache)) == 2  # the reference and the retrained model, once each
+
+    passes = []
+    generator_pass = evaluate.generator_pass
+    monkeypatch.setattr(evaluate, "generator_pass", lambda g, args, *rest: passes.append(args.seed) or
+                        generator_pass(g, args, *rest))
+    # the reference, evaluated as a checkpoint too, and the retrained model: all three from the cache
+    second = evaluate.main(eval_args(files, tmp_path / "second", [files["reference"]], n_grid=0, cache=cache))
+    assert passes == []
+    assert scores(second)[0] == scores(first)[0] and scores(second)[1] == scores(first)[1]
+    assert second["checkpoints"][0]["pul"] == 0 and second["checkpoints"][0]["fid"] == second["reference"]["fid"]
+
+    # other latents are other passes; a generator met twice in one call is computed once
+    other_seed = evaluate.main(eval_args(files, tmp_path / "seed1", [files["reference"]], n_grid=0, seed=1,
+                                         cache=cache))
+    assert passes == [1, 1] and len(os.listdir(cache)) == 4
+    assert other_seed["reference"]["negatives"] != first["reference"]["negatives"] or \
+        other_seed["reference"]["fid"] != first["reference"]["fid"]
+
+    # a damaged cache file is computed again, with the same result
+    for name in os.listdir(cache):
+        with open(os.path.join(cache, name), "wb") as f:
+            f.write(b"not an npz")
+    passes.clear()
+    third = evaluate.main(eval_args(files, tmp_path / "third", [files["retrained"]], n_grid=0, cache=cache))
+    assert passes == [0, 0] and scores(third) == scores(plain)
 
 
 def test_evaluate_user_errors(files, tmp_path):
