@@ -199,3 +199,59 @@ def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
     assert "was made with other settings" in other.stderr and "[run ]" not in other.stdout
     same = mnist_cpu(4)
     assert same.returncode == 1 and "[run ] pretrain" in same.stdout
+
+
+def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
+    """With every stage's output already on disk the script only chooses μ and writes the table:
+    the highest validation PUL within 1.5× the pre-trained FID (the lowest FID when none is), and
+    a digit the pre-trained model never drew (no % change) is left out of the side-effect column."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mnist_cpu.sh")
+    out, digit = tmp_path / "out", tmp_path / "out" / "digit8"
+    grids = {"el2": {"30": (70.0, 40.0), "100": (80.0, 59.0), "300": (95.0, 61.0)},  # 100: 59 <= 1.5 x 40
+             "nl2": {"1": (90.0, 70.0), "3": (99.0, 90.0)},  # neither within: the lower FID, 1
+             "il2": {"3": (50.0, 41.0), "10": (60.0, 45.0)}}
+    chosen = {"el2": "100", "nl2": "1", "il2": "10"}
+    done = [out / "gan" / "final.pt", digit / "retrained" / "final.pt", out / "lenet" / "classifier.pt",
+            digit / "adapt" / "adapted_4.pt", digit / "extrapolate" / "extrapolated_1.pt"]
+    for loss, grid in grids.items():
+        for mu, (pul, fid) in grid.items():
+            done.append(digit / f"{loss}_mu{mu}" / "s0" / "unlearned.pt")
+            metrics = {"checkpoints": [{"pul": pul, "fid": fid}], "reference": {"fid": 40.0}}
+            (digit / "validation" / f"{loss}_mu{mu}").mkdir(parents=True)
+            (digit / "validation" / f"{loss}_mu{mu}" / "metrics.json").write_text(json.dumps(metrics))
+        done += [digit / f"{loss}_mu{chosen[loss]}" / f"s{seed}" / "unlearned.pt" for seed in (1, 2)]
+    baselines = ["cf_k", "eu_k", "l1_sparse", "ewc", "finetune"]
+    done += [digit / method / f"s{seed}" / "unlearned.pt" for method in baselines for seed in (0, 1, 2)]
+    for path in done:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def stat(mean):
+        return {"mean": mean, "std": 0.5, "n": 3}
+
+    folders = {"retraining": "retraining", **{b: b for b in baselines},
+               **{f"extrapolation_{g}": f"extrapolation γ={g}" for g in ("0.25", "0.5", "1")},
+               **{loss: f"{loss} (mu {chosen[loss]})" for loss in grids}}
+    for i, (folder, label) in enumerate(folders.items()):
+        side_effects = {str(c): stat(float(c - i)) for c in range(10)}
+        side_effects["3"] = None  # the pre-trained model drew no 3
+        metrics = {"protocol": {"pul": {"n_sample": 15000}, "fid": {"n_fid": 5000}},
+                   "reference": {"negatives": 1101, "fid": 37.7, "ret_fid": 50.0},
+                   "summary": {"pul": stat(10.0 + i), "fid": stat(40.0 + i), "ret_fid": stat(45.0 + i),
+                               "side_effects": side_effects}}
+        (digit / "eval" / folder).mkdir(parents=True)
+        (digit / "eval" / folder / "metrics.json").write_text(json.dumps(metrics))
+        (digit / "eval" / folder / "args.json").write_text(json.dumps({"args": {"label": label}}))
+
+    env = dict(os.environ, OUT=str(out), DATA=str(tmp_path / "unused"))
+    run = subprocess.run(["bash", script, "8"], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(script))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "[run ]" not in run.stdout
+    assert {loss: (digit / "validation" / f"{loss}.mu").read_text().strip() for loss in grids} == chosen
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in (digit / "results.md").read_text().splitlines()
+            if line.startswith("| ")}
+    assert rows["pre-trained"] == "| pre-trained | – | 37.70 | 50.00 | – |"
+    assert rows["retraining"] == "| retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | N/A | 9: +9.0% |"
+    # el2 is folder i = 9: the largest |c − 9| among the digits but 8 and 3 is digit 0's
+    assert rows["el2 (mu 100)"] == "| el2 (mu 100) | 19.00 ± 0.50 | 49.00 ± 0.50 | 54.00 ± 0.50 | 0: -9.0% |"
