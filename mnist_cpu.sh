@@ -176,7 +176,7 @@ import json, os, sys
 root, digit, baselines = sys.argv[1], sys.argv[2], sys.argv[3:]
 folders = ["retraining", *baselines] + sorted(f for f in os.listdir(f"{root}/eval") if f.startswith("extrapolation")) \
     + ["nl2", "il2", "el2"]
-fmt = lambda s: "N/A" if s is None or s["mean"] is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+fmt = lambda s: "N/A" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
 first = json.load(open(f"{root}/eval/retraining/metrics.json"))
 ref = first["reference"]
 lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_sample']} latents (seed 1), classifier-feature FID on "
@@ -187,7 +187,7 @@ for folder in folders:
     m = json.load(open(f"{root}/eval/{folder}/metrics.json"))
     s = m["summary"]
     # a digit the pre-trained model never drew has no % change (null): left out
-    others = {c: v for c, v in s["side_effects"].items() if c != digit and v and v["mean"] is not None}
+    others = {c: v for c, v in s["side_effects"].items() if c != digit and v is not None}
     worst = max(others, key=lambda c: abs(others[c]["mean"])) if others else None
     change = f"{worst}: {others[worst]['mean']:+.1f}%" if worst else "–"
     ret = "N/A" if folder == "retraining" else fmt(s["ret_fid"])
