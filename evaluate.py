@@ -106,22 +106,27 @@ def generator_pass(g, args, clf, meta, negative, features, desc):
     return result
 
 
-def cached_generator_pass(g, path, args, clf, meta, negative, features, fid_info, desc):
-    """generator_pass, kept in --cache: a pipeline scores the pre-trained and the retrained model
-    in every call, and each pass over 15,000 samples is most of a call's time on a CPU. The key
-    holds every input of the pass (file hashes, not paths, so a moved run folder still hits),
-    the thread count included: it changes the summation order, and so may flip a borderline
-    sample."""
+def pass_cache_key(args, negative, fid_info):
+    """Every input of a generator pass but the generator: file hashes, not paths, so a moved run
+    folder still hits; the thread count too, since it changes the summation order and so may flip
+    a borderline sample. None without --cache."""
     if not args.cache:
+        return None
+    return {"classifier_sha256": utils.file_sha256(args.classifier), "negative": negative,
+            "features": fid_info.get("feature_extractor"), "features_sha256": fid_info.get("weights_sha256"),
+            "seed": args.seed, "n_sample": args.n_sample, "n_fid": args.n_fid, "batch": args.batch,
+            "device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, desc):
+    """generator_pass, kept in --cache under `cache_key` plus the generator file's hash: a pipeline
+    scores the pre-trained and the retrained model in every call, and each pass over 15,000
+    samples is most of a call's time on a CPU."""
+    if cache_key is None:
         return generator_pass(g, args, clf, meta, negative, features, desc)
     import hashlib
 
-    key = {"generator_sha256": utils.file_sha256(path), "classifier_sha256": utils.file_sha256(args.classifier),
-           "negative": negative, "features": fid_info.get("feature_extractor"),
-           "features_sha256": fid_info.get("weights_sha256"), "seed": args.seed, "n_sample": args.n_sample,
-           "n_fid": args.n_fid, "batch": args.batch, "device": str(args.device), "threads": torch.get_num_threads(),
-           "torch": torch.__version__}
-    key_text = json.dumps(key, sort_keys=True)
+    key_text = json.dumps({**cache_key, "generator_sha256": utils.file_sha256(path)}, sort_keys=True)
     file = os.path.join(args.cache, hashlib.sha256(key_text.encode()).hexdigest()[:24] + ".npz")
     if os.path.isfile(file):
         try:
@@ -324,9 +329,9 @@ def main(args):
     if args.n_fid:
         mu, sigma, real_info = real_statistics(args, features, fid_info, negative_name, size)
         real = (mu, sigma)
-    results = []
-    for role, label, path, g in generators:
-        results.append(cached_generator_pass(g, path, args, clf, meta, negative, features, fid_info, label))
+    cache_key = pass_cache_key(args, negative, fid_info)
+    results = [cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, label)
+               for _, label, path, g in generators]
     names = utils.class_names(meta)
     ref = results[0]
     ref_negatives = int(ref["negative_mask"].sum())

@@ -315,6 +315,9 @@ def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, mo
     assert passes == [1, 1] and len(os.listdir(cache)) == 4
     assert other_seed["reference"]["negatives"] != first["reference"]["negatives"] or \
         other_seed["reference"]["fid"] != first["reference"]["fid"]
+    fewer = evaluate.main(eval_args(files, tmp_path / "fewer", [files["reference"]], n_grid=0, n_sample=48,
+                                    cache=cache))
+    assert passes == [1, 1, 0, 0] and fewer["reference"]["negatives"] < first["reference"]["negatives"]
 
     # a damaged cache file is computed again, with the same result
     for name in os.listdir(cache):
