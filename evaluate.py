@@ -22,6 +22,7 @@ and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -124,8 +125,6 @@ def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, feature
     samples is most of a call's time on a CPU."""
     if cache_key is None:
         return generator_pass(g, args, clf, meta, negative, features, desc)
-    import hashlib
-
     key_text = json.dumps({**cache_key, "generator_sha256": utils.file_sha256(path)}, sort_keys=True)
     file = os.path.join(args.cache, hashlib.sha256(key_text.encode()).hexdigest()[:24] + ".npz")
     if os.path.isfile(file):

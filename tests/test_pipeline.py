@@ -12,6 +12,7 @@ import torch
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST_CPU = os.path.join(ROOT, "mnist_cpu.sh")
 GAN = ["--size", "8", "--style_dim", "8", "--n_mlp", "1", "--channel_max", "8"]
 SHORT = ["--batch", "8", "--n_sample", "4"]
 UNLEARN_METHODS = {
@@ -181,13 +182,12 @@ def test_bad_input(chain):
 
 def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
     # a missing MNIST folder makes both GAN stages fail at once, after the settings are recorded
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mnist_cpu.sh")
     out = tmp_path / "out"
 
     def mnist_cpu(gan_iter):
         env = dict(os.environ, DATA=str(tmp_path / "no_mnist"), OUT=str(out), GAN_ITER=str(gan_iter))
-        return subprocess.run(["bash", script, "8"], capture_output=True, text=True, env=env,
-                              cwd=os.path.dirname(script))  # the script calls the others by relative path
+        # the script calls the others by relative path
+        return subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
 
     first = mnist_cpu(4)
     assert first.returncode == 1
@@ -201,26 +201,28 @@ def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
     assert same.returncode == 1 and "[run ] pretrain" in same.stdout
 
 
-def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
-    """With every stage's output already on disk the script only chooses μ and writes the table:
-    the highest validation PUL within 1.5× the pre-trained FID (the lowest FID when none is), and
-    a digit the pre-trained model never drew (no % change) is left out of the side-effect column."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mnist_cpu.sh")
-    out, digit = tmp_path / "out", tmp_path / "out" / "digit8"
-    # the script's grids; el2 100: 59 <= 1.5 x 40, 200 just above the limit
-    grids = {"el2": {"30": (70.0, 40.0), "100": (80.0, 59.0), "200": (85.0, 60.01), "300": (95.0, 61.0)},
-             "nl2": {"1": (90.0, 70.0), "3": (99.0, 90.0)},  # neither within: the lower FID, 1
-             "il2": {"3": (50.0, 41.0), "10": (60.0, 45.0)}}
-    chosen = {"el2": "100", "nl2": "1", "il2": "10"}
+# the script's grids with made-up validation scores against a pre-trained FID of 40: el2 100
+# (59 <= 1.5 x 40) is the highest PUL within the limit, 200 just above it; nl2 has none within,
+# so its lower FID (1) is chosen
+MU_GRIDS = {"el2": {"30": (70.0, 40.0), "100": (80.0, 59.0), "200": (85.0, 60.01), "300": (95.0, 61.0)},
+            "nl2": {"1": (90.0, 70.0), "3": (99.0, 90.0)},
+            "il2": {"3": (50.0, 41.0), "10": (60.0, 45.0)}}
+MU_CHOSEN = {"el2": "100", "nl2": "1", "il2": "10"}
+
+
+def mnist_cpu_outputs(out):
+    """Every stage's output of `mnist_cpu.sh 8` under `out`, as files the script only checks for
+    (the validation and evaluation metrics with made-up numbers); returns the digit folder."""
+    digit = out / "digit8"
     done = [out / "gan" / "final.pt", digit / "retrained" / "final.pt", out / "lenet" / "classifier.pt",
             digit / "adapt" / "adapted_4.pt", digit / "extrapolate" / "extrapolated_1.pt"]
-    for loss, grid in grids.items():
+    for loss, grid in MU_GRIDS.items():
         for mu, (pul, fid) in grid.items():
             done.append(digit / f"{loss}_mu{mu}" / "s0" / "unlearned.pt")
             metrics = {"checkpoints": [{"pul": pul, "fid": fid}], "reference": {"fid": 40.0}}
             (digit / "validation" / f"{loss}_mu{mu}").mkdir(parents=True)
             (digit / "validation" / f"{loss}_mu{mu}" / "metrics.json").write_text(json.dumps(metrics))
-        done += [digit / f"{loss}_mu{chosen[loss]}" / f"s{seed}" / "unlearned.pt" for seed in (1, 2)]
+        done += [digit / f"{loss}_mu{MU_CHOSEN[loss]}" / f"s{seed}" / "unlearned.pt" for seed in (1, 2)]
     baselines = ["cf_k", "eu_k", "l1_sparse", "ewc", "finetune"]
     done += [digit / method / f"s{seed}" / "unlearned.pt" for method in baselines for seed in (0, 1, 2)]
     for path in done:
@@ -232,7 +234,7 @@ def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
 
     folders = {"retraining": "retraining", **{b: b for b in baselines},
                **{f"extrapolation_{g}": f"extrapolation γ={g}" for g in ("0.25", "0.5", "1")},
-               **{loss: f"{loss} (mu {chosen[loss]})" for loss in grids}}
+               **{loss: f"{loss} (mu {MU_CHOSEN[loss]})" for loss in MU_GRIDS}}
     for i, (folder, label) in enumerate(folders.items()):
         side_effects = {str(c): stat(float(c - i)) for c in range(10)}
         side_effects["3"] = None  # the pre-trained model drew no 3
@@ -243,16 +245,68 @@ def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
         (digit / "eval" / folder).mkdir(parents=True)
         (digit / "eval" / folder / "metrics.json").write_text(json.dumps(metrics))
         (digit / "eval" / folder / "args.json").write_text(json.dumps({"args": {"label": label}}))
+    return digit
 
+
+def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
+    """With every stage's output already on disk the script only chooses μ and writes the table:
+    the highest validation PUL within 1.5× the pre-trained FID (the lowest FID when none is), and
+    a digit the pre-trained model never drew (no % change) is left out of the side-effect column."""
+    out = tmp_path / "out"
+    digit = mnist_cpu_outputs(out)
     env = dict(os.environ, OUT=str(out), DATA=str(tmp_path / "unused"))
-    run = subprocess.run(["bash", script, "8"], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(script))
+    run = subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "[run ]" not in run.stdout
-    assert {loss: (digit / "validation" / f"{loss}.mu").read_text().strip() for loss in grids} == chosen
+    assert {loss: (digit / "validation" / f"{loss}.mu").read_text().strip() for loss in MU_GRIDS} == MU_CHOSEN
     rows = {line.split(" | ")[0].lstrip("| "): line for line in (digit / "results.md").read_text().splitlines()
             if line.startswith("| ")}
     assert rows["pre-trained"] == "| pre-trained | – | 37.70 | 50.00 | – |"
     assert rows["retraining"] == "| retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | N/A | 9: +9.0% |"
     # el2 is folder i = 9: the largest |c − 9| among the digits but 8 and 3 is digit 0's
     assert rows["el2 (mu 100)"] == "| el2 (mu 100) | 19.00 ± 0.50 | 49.00 ± 0.50 | 54.00 ± 0.50 | 0: -9.0% |"
+
+
+def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
+    """The command lines the script gives its stages: Stage 1 labels the feedback size of
+    OUT/settings, and validation scores seed 2 with the evaluation's sample counts (a ratio on
+    fewer FID samples came out lower than the evaluation's). A python3 on PATH records them."""
+    out = tmp_path / "out"
+    digit = mnist_cpu_outputs(out)
+    (digit / "adapt" / "adapted_4.pt").unlink()
+    (digit / "validation" / "il2_mu3" / "metrics.json").unlink()
+    log, bin_dir = tmp_path / "commands.jsonl", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f"""#!{sys.executable}
+import json, os, sys
+if sys.argv[1:2] == ["-"]:  # the script's own table and μ-choice programs run for real
+    os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])
+args = sys.argv[1:]
+open({str(log)!r}, "a").write(json.dumps(args) + "\\n")
+out = args[args.index("--out") + 1]
+os.makedirs(out, exist_ok=True)
+if args[0] == "negative_adapt.py":
+    open(os.path.join(out, "adapted_4.pt"), "w").close()
+elif args[0] == "evaluate.py":
+    metrics = {{"checkpoints": [{{"pul": 50.0, "fid": 41.0}}], "reference": {{"fid": 40.0}}}}
+    open(os.path.join(out, "metrics.json"), "w").write(json.dumps(metrics))
+""")
+    (bin_dir / "python3").chmod(0o755)
+    env = dict(os.environ, OUT=str(out), DATA=str(tmp_path / "unused"), N_EVAL="600", N_FID="200",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[0] for c in commands] == ["negative_adapt.py", "evaluate.py"]  # nothing else was missing
+
+    def option(command, name):
+        return command[command.index(name) + 1]
+
+    stage1, validate = commands
+    assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in (out / "settings").read_text()
+    assert option(stage1, "--negative") == "8"
+    assert validate[1] == str(digit / "il2_mu3" / "s0" / "unlearned.pt")
+    assert (option(validate, "--seed"), option(validate, "--n_sample"), option(validate, "--n_fid")) == \
+        ("2", "600", "200")
+    # the recorded score of μ = 3 (50 / 41) is below μ = 10's PUL (60), so μ = 10 stays chosen
+    assert (digit / "validation" / "il2.mu").read_text().strip() == "10"
