@@ -204,7 +204,8 @@ def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
 # the script's grids with made-up validation scores against a pre-trained FID of 40: el2 100
 # (59 <= 1.5 x 40) is the highest PUL within the limit, 200 just above it; nl2 has none within,
 # so its lower FID (1) is chosen
-MU_GRIDS = {"el2": {"30": (70.0, 40.0), "100": (80.0, 59.0), "200": (85.0, 60.01), "300": (95.0, 61.0)},
+MU_GRIDS = {"el2": {"30": (70.0, 40.0), "100": (80.0, 59.0), "200": (85.0, 60.01), "300": (95.0, 61.0),
+                    "400": (96.0, 62.0)},
             "nl2": {"1": (90.0, 70.0), "3": (99.0, 90.0)},
             "il2": {"3": (50.0, 41.0), "10": (60.0, 45.0)}}
 MU_CHOSEN = {"el2": "100", "nl2": "1", "il2": "10"}
@@ -269,12 +270,14 @@ def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
 
 def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
     """The command lines the script gives its stages: Stage 1 labels the feedback size of
-    OUT/settings, and validation scores seed 2 with the evaluation's sample counts (a ratio on
-    fewer FID samples came out lower than the evaluation's). A python3 on PATH records them."""
+    OUT/settings, Stage 2 trains with the style mixing of OUT/settings, and validation scores
+    seed 2 with the evaluation's sample counts (a ratio on fewer FID samples came out lower than
+    the evaluation's). A python3 on PATH records them."""
     out = tmp_path / "out"
     digit = mnist_cpu_outputs(out)
     (digit / "adapt" / "adapted_4.pt").unlink()
     (digit / "validation" / "il2_mu3" / "metrics.json").unlink()
+    (digit / "finetune" / "s2" / "unlearned.pt").unlink()
     log, bin_dir = tmp_path / "commands.jsonl", tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(f"""#!{sys.executable}
@@ -297,13 +300,16 @@ elif args[0] == "evaluate.py":
     run = subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     commands = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c[0] for c in commands] == ["negative_adapt.py", "evaluate.py"]  # nothing else was missing
+    assert [c[0] for c in commands] == ["negative_adapt.py", "evaluate.py", "unlearn.py"]  # nothing else was missing
 
     def option(command, name):
         return command[command.index(name) + 1]
 
-    stage1, validate = commands
-    assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in (out / "settings").read_text()
+    stage1, validate, finetune = commands
+    settings = (out / "settings").read_text()
+    assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in settings
+    assert f" STAGE2_MIXING={option(finetune, '--mixing')} " in settings
+    assert (option(finetune, "--method"), option(finetune, "--seed")) == ("finetune", "2")
     assert option(stage1, "--negative") == "8"
     assert validate[1] == str(digit / "il2_mu3" / "s0" / "unlearned.pt")
     assert (option(validate, "--seed"), option(validate, "--n_sample"), option(validate, "--n_fid")) == \
