@@ -941,7 +941,7 @@ def run_gan_training(gan_step, next_batch, start, iters, log_every=10, sample=No
                                 f"({', '.join(f'{k} {v:.3g}' for k, v in values.items())}); last good "
                                 f"checkpoint: {last_good or 'none'}; lower --lr, or resume from it")
             bar.set_description(desc + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
-        if sample is not None and sample_every and (step % sample_every == 0 or done == iters):
+        if sample is not None and sample_every and (done % sample_every == 0 or done == iters):
             sample(done)
         if save is not None and save_every and done % save_every == 0 and done < iters:
             last_good = save(done)

@@ -38,6 +38,17 @@ def test_tiny_run_writes_loadable_checkpoints(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(nets["g"].parameters(), nets["g_ema"].parameters()))
 
 
+@pytest.mark.parametrize("start, samples, saves", [(0, [4, 8, 10], [4, 8]), (5, [8, 10], [8])])
+def test_training_loop_samples_and_saves_on_completed_steps(start, samples, saves):
+    """Sample grids and checkpoints are named by the steps done: every 4 here, and a grid after
+    the last step, whose checkpoint the caller writes itself."""
+    sampled, saved = [], []
+    utils.run_gan_training(lambda batch, step: {"d": torch.tensor(1.0)}, lambda: None, start, 10,
+                           sample=sampled.append, sample_every=4,
+                           save=lambda done: saved.append(done) or f"{done}.pt", save_every=4, show=False)
+    assert (sampled, saved) == (samples, saves)
+
+
 def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     out = str(tmp_path / "run")
     process = subprocess.Popen([sys.executable, SCRIPT, *TINY, "--iter", "100000", "--save_every", "2",
