@@ -269,12 +269,14 @@ def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
 
 
 def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
-    """The command lines the script gives its stages: Stage 1 labels the feedback size of
-    OUT/settings, Stage 2 trains with the style mixing of OUT/settings, and validation scores
+    """The command lines the script gives its stages: the pre-training runs the iterations and the
+    EMA half-life of OUT/settings, Stage 1 labels the feedback size of OUT/settings, Stage 2 trains
+    with the style mixing of OUT/settings, and validation scores
     seed 2 with the evaluation's sample counts (a ratio on fewer FID samples came out lower than
     the evaluation's). A python3 on PATH records them."""
     out = tmp_path / "out"
     digit = mnist_cpu_outputs(out)
+    (out / "gan" / "final.pt").unlink()
     (digit / "adapt" / "adapted_4.pt").unlink()
     (digit / "validation" / "il2_mu3" / "metrics.json").unlink()
     (digit / "finetune" / "s2" / "unlearned.pt").unlink()
@@ -300,13 +302,16 @@ elif args[0] == "evaluate.py":
     run = subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     commands = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [c[0] for c in commands] == ["negative_adapt.py", "evaluate.py", "unlearn.py"]  # nothing else was missing
+    # nothing else was missing
+    assert [c[0] for c in commands] == ["train_stylegan2.py", "negative_adapt.py", "evaluate.py", "unlearn.py"]
 
     def option(command, name):
         return command[command.index(name) + 1]
 
-    stage1, validate, finetune = commands
+    pretrain, stage1, validate, finetune = commands
     settings = (out / "settings").read_text()
+    assert settings.startswith(f"GAN_ITER={option(pretrain, '--iter')} GAN_EMA_KIMG={option(pretrain, '--ema_kimg')} ")
+    assert "--exclude" not in pretrain
     assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in settings
     assert f" STAGE2_MIXING={option(finetune, '--mixing')} " in settings
     assert (option(finetune, "--method"), option(finetune, "--seed")) == ("finetune", "2")
