@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
 # feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
-# evaluation. About 100 minutes on 2 CPU cores; a second digit reuses the pre-trained GAN and
+# evaluation. About 107 minutes on 2 CPU cores (estimated from stage times); a second digit reuses the pre-trained GAN and
 # the LeNet.
 #
 #   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
