@@ -342,8 +342,10 @@ def main(args):
         return {"role": role, "label": label, "path": os.path.abspath(path), "negatives": n_neg,
                 "pul": utils.percentage_unlearned(ref_negatives, n_neg),
                 "fid": utils.frechet_distance(*stats, *real) if stats and real else None,
+                # the retrained model evaluated as a checkpoint has no Ret-FID (0 up to float noise)
                 "ret_fid": (utils.frechet_distance(*stats, *retrained_stats)
-                            if stats and retrained_stats and role != "retrained" else None),
+                            if stats and retrained_stats and role != "retrained"
+                            and not os.path.samefile(path, args.retrained) else None),
                 "side_effects": side_effects(ref["counts"], result["counts"], names, args.n_sample)}
 
     entries = [entry(role, label, path, result) for (role, label, path, _), result in zip(generators, results)]

@@ -15,6 +15,11 @@ images, so the classifier is tested on what it was trained on. Writes OUT/classi
 "classifier": weights, arch, classes or attributes, input size, channels, normalisation, test
 accuracy) and OUT/args.json. The model kept is the last epoch's: the test split is never used
 to choose it.
+
+--members N trains N networks from seeds --seed .. --seed+N-1 and saves them as one ensemble that
+decides by their mean probability (model.ClassifierEnsemble; later stages load it like one
+network). A single small network's calls on generated images that look like no digit depend on its
+seed; the mean of several is a steadier oracle and evaluator (README, "MNIST at CPU scale").
 """
 
 import argparse
@@ -25,7 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import utils
-from model import CLASSIFIERS, build_classifier
+from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 # Per-dataset defaults (any flag given on the command line wins); celeba follows paper A.2, mnist
 # trains longer than A.2 (see the docstring).
@@ -176,6 +181,8 @@ def main(args):
     args = resolve_defaults(args)
     if args.epochs < 1 or args.batch < 1:
         raise utils.UserError("--epochs and --batch must be at least 1")
+    if args.members < 1:
+        raise utils.UserError("--members must be at least 1")
     utils.seed_everything(args.seed)
     utils.prepare_out_dir(args.out)
     utils.write_args_json(args.out, args)
@@ -183,26 +190,37 @@ def main(args):
     train_set, test_set, info = load_splits(args)
     meta = classifier_meta(args, info)
     names = utils.class_names(meta)
-    try:
-        model = build_classifier(args.arch, len(names), args.channels).to(args.device)
-    except ValueError as err:
-        raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
     print(f"{args.arch} on {args.dataset}: {len(train_set)} train / {len(test_set)} test images, "
           f"{len(names)} {'attributes' if meta['multilabel'] else 'classes'}, input "
-          f"{args.channels}x{args.image_size}x{args.image_size} from {args.size} px data")
+          f"{args.channels}x{args.image_size}x{args.image_size} from {args.size} px data"
+          + (f", {args.members} members (seeds {args.seed}..{args.seed + args.members - 1})" if args.members > 1 else ""))
 
     cached = in_memory(train_set, args, "train set"), in_memory(test_set, args, "test set")
     train_set = train_set if cached[0] is None else cached[0]
     test_set = test_set if cached[1] is None else cached[1]
     loader_args = dict(batch_size=args.batch, num_workers=args.workers)
-    train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
-                                               generator=torch.Generator().manual_seed(args.seed), **loader_args)
     test_loader = torch.utils.data.DataLoader(test_set, shuffle=False, **loader_args)
-    model = train(args, model, meta, train_loader, args.device)
+    members, member_accuracy = [], []
+    for i in range(args.members):
+        # seeded after the data is loaded: member i is the network --seed seed+i alone trains on this split
+        seed = args.seed + i
+        utils.seed_everything(seed)
+        try:
+            model = build_classifier(args.arch, len(names), args.channels).to(args.device)
+        except ValueError as err:
+            raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
+        train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
+                                                   generator=torch.Generator().manual_seed(seed), **loader_args)
+        members.append(train(args, model, meta, train_loader, args.device))
+        if args.members > 1:
+            member_accuracy.append(test_accuracy(members[-1], test_loader, meta, args.device)[0])
+            print(f"member {i} (seed {seed}): test accuracy {member_accuracy[-1]:.2f}%")
+    model = members[0] if args.members == 1 else ClassifierEnsemble(members, meta["multilabel"]).eval()
 
     accuracy, per_name = test_accuracy(model, test_loader, meta, args.device)
     per_key = "test_accuracy_per_attribute" if meta["multilabel"] else "test_accuracy_per_class"
-    ckpt = {"kind": "classifier", "model": model.state_dict(), **meta, "test_accuracy": accuracy,
+    ensemble = {"members": args.members, "member_test_accuracy": member_accuracy} if args.members > 1 else {}
+    ckpt = {"kind": "classifier", "model": model.state_dict(), **meta, **ensemble, "test_accuracy": accuracy,
             per_key: per_name, "test_count": len(test_set), "epochs": args.epochs,
             "args": utils.plain_args(args),
             "sources": {"data": os.path.abspath(args.data) if args.dataset != "synthetic" else "synthetic",
@@ -246,6 +264,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--cache_gb", type=float, default=2,
                         help="keep the decoded data in memory (uint8) when it fits in this many GiB (0: never)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="train this many networks (seeds --seed, --seed+1, ...) and save them as one ensemble "
+                             "that decides by their mean probability; FID features are the first member's")
     parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
     parser.add_argument("--out", default="runs/classifier", help="output folder for classifier.pt and args.json")

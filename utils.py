@@ -519,9 +519,10 @@ def class_names(meta):
 
 def load_classifier(path, device="cpu"):
     """A classifier checkpoint -> (model on `device` in eval mode, meta = the checkpoint's other
-    fields plus "path"). Always eval(): BatchNorm must not use the statistics of a generated batch
-    (the official AFHQ code forgot it)."""
-    from model import CLASSIFIERS, build_classifier
+    fields plus "path"). A checkpoint with "members" > 1 holds an ensemble (model.ClassifierEnsemble,
+    keys "members.{i}.*"); it is used like one network. Always eval(): BatchNorm must not use the
+    statistics of a generated batch (the official AFHQ code forgot it)."""
+    from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
     ckpt = load_checkpoint(path, "classifier")
     missing = [k for k in ("model", "arch", "multilabel", "image_size", "channels", "normalization")
@@ -532,10 +533,12 @@ def load_classifier(path, device="cpu"):
         raise UserError(f"{path}: unknown classifier arch {ckpt['arch']!r} (known: {', '.join(CLASSIFIERS)})")
     meta = {k: v for k, v in ckpt.items() if k != "model"}
     meta["path"] = path
+    n_members = int(ckpt.get("members", 1))
     try:
-        model = build_classifier(ckpt["arch"], len(class_names(meta)), ckpt["channels"])
+        members = [build_classifier(ckpt["arch"], len(class_names(meta)), ckpt["channels"]) for _ in range(n_members)]
     except ValueError as err:
         raise UserError(f"{path}: {err}")
+    model = members[0] if n_members == 1 else ClassifierEnsemble(members, ckpt["multilabel"])
     load_state_strict(model, ckpt["model"], path, "model")
     return model.to(device).eval().requires_grad_(False), meta
 

@@ -21,7 +21,8 @@ MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")
 def train_args(out, **overrides):
     args = dict(dataset="synthetic", data="unused", attributes=None, test_data=None, test_fraction=0.25,
                 arch=None, size=None, image_size=None, channels=None, batch=None, epochs=None, optim=None,
-                lr=2e-3, hflip=False, translate=None, workers=0, cache_gb=2, seed=0, device="cpu", out=str(out))
+                lr=2e-3, hflip=False, translate=None, workers=0, cache_gb=2, members=1, seed=0, device="cpu",
+                out=str(out))
     args.update(overrides)
     return argparse.Namespace(**args)
 
@@ -119,6 +120,68 @@ def test_train_on_synthetic_and_load(synthetic_classifier):
     assert (index, name) == (1, "vertical")
     assert torch.equal(utils.negative_mask(logits, meta, index), logits.argmax(1) == 1)
     assert utils.label_counts(logits, meta).sum() == len(images)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in network that returns given logits and features, whatever the input."""
+
+    def __init__(self, logits, features):
+        super().__init__()
+        self.logits, self.feats = logits, features
+
+    def forward(self, input):
+        return self.logits
+
+    def features(self, input):
+        return self.feats
+
+
+def test_ensemble_decides_by_the_mean_probability():
+    from model import ClassifierEnsemble
+
+    a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
+    members = [_FixedLogits(a, torch.ones(2, 4)), _FixedLogits(b, torch.zeros(2, 4))]
+    out = ClassifierEnsemble(members)(torch.zeros(2, 1))
+    mean_p = (a.softmax(1) + b.softmax(1)) / 2
+    assert torch.allclose(out, mean_p.log(), atol=1e-6)
+    # by hand, first sample: e^2/(e^2+2) and e/(e+2) are the two members' top probabilities
+    e = float(np.e)
+    assert abs(out[0].exp()[0].item() - (e ** 2 / (e ** 2 + 2) + 1 / (e + 2)) / 2) < 1e-6
+    # a vote would tie the second sample (one call each); the mean probability gives class 2
+    assert out.argmax(1).tolist() == [0, 2]
+    assert torch.equal(ClassifierEnsemble(members).features(None), torch.ones(2, 4))  # member 0's
+
+    attr_a, attr_b = torch.tensor([[3.0, -1.0]]), torch.tensor([[-1.0, -2.0]])
+    multi = ClassifierEnsemble([_FixedLogits(attr_a, None), _FixedLogits(attr_b, None)], multilabel=True)
+    p = (attr_a.sigmoid() + attr_b.sigmoid()) / 2
+    assert torch.allclose(multi(None), (p / (1 - p)).log(), atol=1e-6)
+    # extreme logits stay finite (the mean probability is computed in log space)
+    far = ClassifierEnsemble([_FixedLogits(torch.tensor([[200.0]]), None)] * 2, multilabel=True)
+    assert torch.isfinite(far(None)).all() and far(None).item() > 100
+
+
+def test_ensemble_members_are_the_single_seed_networks(tmp_path, synthetic_classifier):
+    from model import ClassifierEnsemble
+
+    ckpt = train_classifier.main(train_args(tmp_path / "ens", epochs=3, members=2))
+    assert ckpt["members"] == 2 and len(ckpt["member_test_accuracy"]) == 2
+    single_seed1 = train_classifier.main(train_args(tmp_path / "s1", epochs=3, seed=1))
+    for key, value in synthetic_classifier[1]["model"].items():
+        assert torch.equal(ckpt["model"][f"members.0.{key}"], value)
+    for key, value in single_seed1["model"].items():
+        assert torch.equal(ckpt["model"][f"members.1.{key}"], value)
+
+    model, meta = utils.load_classifier(str(tmp_path / "ens" / "classifier.pt"))
+    assert isinstance(model, ClassifierEnsemble) and len(model.members) == 2 and not model.training
+    test, _ = utils.load_dataset("synthetic", None, 16, train=False)
+    images, labels = next(iter(torch.utils.data.DataLoader(test, batch_size=128)))
+    logits = utils.classify(model, meta, images)
+    assert logits.shape == (len(images), 2) and torch.allclose(logits.exp().sum(1), torch.ones(len(images)))
+    assert (logits.argmax(1) == labels).float().mean() > 0.9
+    single, single_meta = utils.load_classifier(synthetic_classifier[0])
+    assert torch.equal(utils.classifier_features(model, meta, images),
+                       utils.classifier_features(single, single_meta, images))
 
 
 def test_resolve_negative_names_indices_and_errors():

@@ -298,6 +298,9 @@ def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, mo
     first = evaluate.main(eval_args(files, tmp_path / "first", [files["retrained"]], n_grid=0, cache=cache))
     assert scores(first) == scores(plain)
     assert len(os.listdir(cache)) == 2  # the reference and the retrained model, once each
+    # the retrained model evaluated as a checkpoint: no Ret-FID against itself, no summary of one
+    assert plain["checkpoints"][0]["ret_fid"] is None and plain["summary"]["ret_fid"] is None
+    assert plain["checkpoints"][0]["fid"] == plain["retrained"]["fid"]
 
     passes = []
     generator_pass = evaluate.generator_pass
