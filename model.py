@@ -496,8 +496,8 @@ class ClassifierEnsemble(nn.Module):
     """Classifiers of one arch trained from different seeds, deciding together.
 
     One small network's calls on off-manifold generated images depend on its seed (on MNIST at
-    CPU scale, LeNets of three seeds called 0.6 % to 1.6 % of the samples of a GAN that never saw
-    an 8 an "8"); their mean probability is steadier. `forward` returns the log of the members'
+    CPU scale, ten LeNets of one recipe scored the same GAN trained without 8s from 79 % to 92 %
+    PUL, two ensembles of five of them 87 % and 88 %); their mean probability is steadier. `forward` returns the log of the members'
     mean probability (softmax over classes; for attributes the logit of the mean sigmoid), so
     argmax and "logit >= 0" decide as for one network. `features` are member 0's: a fixed
     feature space for the classifier-feature FID (the features of separately trained networks
