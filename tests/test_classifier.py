@@ -145,7 +145,7 @@ def test_ensemble_decides_by_the_mean_probability():
     out = ClassifierEnsemble(members)(torch.zeros(2, 1))
     mean_p = (a.softmax(1) + b.softmax(1)) / 2
     assert torch.allclose(out, mean_p.log(), atol=1e-6)
-    # by hand, first sample: e^2/(e^2+2) and e/(e+2) are the two members' top probabilities
+    # by hand, first sample: class 0 has probability e^2/(e^2+2) under a and 1/(e+2) under b
     e = float(np.e)
     assert abs(out[0].exp()[0].item() - (e ** 2 / (e ** 2 + 2) + 1 / (e + 2)) / 2) < 1e-6
     # a vote would tie the second sample (one call each); the mean probability gives class 2
@@ -164,6 +164,8 @@ def test_ensemble_decides_by_the_mean_probability():
 def test_ensemble_members_are_the_single_seed_networks(tmp_path, synthetic_classifier):
     from model import ClassifierEnsemble
 
+    with pytest.raises(utils.UserError, match="--members must be at least 1"):
+        train_classifier.main(train_args(tmp_path / "none", members=0))
     ckpt = train_classifier.main(train_args(tmp_path / "ens", epochs=3, members=2))
     assert ckpt["members"] == 2 and len(ckpt["member_test_accuracy"]) == 2
     single_seed1 = train_classifier.main(train_args(tmp_path / "s1", epochs=3, seed=1))
