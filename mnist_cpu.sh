@@ -51,7 +51,12 @@ STAGE2_EMA_KIMG=1
 STAGE2_MIXING=0
 N_EVAL=${N_EVAL:-15000}
 N_FID=${N_FID:-5000}
-GAN_THREADS=${GAN_THREADS:-$(( $(nproc) > 1 ? $(nproc) / 2 : 1 ))}
+# The thread counts are part of the result: another count sums in another order and trains other
+# models from the first GAN on. The published runs used these on 2 cores; a bigger machine may
+# raise them (faster, and other numbers of the same spread).
+GAN_THREADS=${GAN_THREADS:-1}
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
 SEEDS="0 1 2"
 N_FEEDBACK=3000
 LENET_MEMBERS=5
@@ -65,7 +70,7 @@ D=$OUT/digit$DIGIT
 mkdir -p "$OUT/logs" "$D/logs"
 # A stage is skipped when its output exists, so an OUT made with other settings would silently
 # mix two configurations: refuse it.
-SETTINGS="GAN_ITER=$GAN_ITER GAN_EMA_KIMG=$GAN_EMA_KIMG GAN_THREADS=$GAN_THREADS STAGE1_ITER=$STAGE1_ITER STAGE2_ITER=$STAGE2_ITER\
+SETTINGS="GAN_ITER=$GAN_ITER GAN_EMA_KIMG=$GAN_EMA_KIMG GAN_THREADS=$GAN_THREADS THREADS=$THREADS STAGE1_ITER=$STAGE1_ITER STAGE2_ITER=$STAGE2_ITER\
  STAGE2_EMA_KIMG=$STAGE2_EMA_KIMG STAGE2_MIXING=$STAGE2_MIXING LENET_MEMBERS=$LENET_MEMBERS N_FEEDBACK=$N_FEEDBACK N_EVAL=$N_EVAL N_FID=$N_FID EWC_LAMBDA=$EWC_LAMBDA EL2_ALPHA=$EL2_ALPHA\
  MU_GRID=${MU_GRID[el2]}/${MU_GRID[nl2]}/${MU_GRID[il2]}"
 if [ -f "$OUT/settings" ] && [ "$(cat "$OUT/settings")" != "$SETTINGS" ]; then
@@ -96,9 +101,9 @@ EVAL=(--reference "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" --
       --dataset mnist --data "$DATA" --real_split train --features classifier --cache "$D/eval_cache" --device "$DEVICE")
 
 # 1. the pre-trained GAN (shared), the retrained gold standard without the digit, the LeNet (shared)
-# The two GANs train side by side with half the cores each: on 2 cores that is faster than one
-# after the other with both cores, and every GAN gets the same thread count whether it trains
-# alone (a second digit) or not, so that it sums in the same order either way.
+# The two GANs train side by side with GAN_THREADS each: on 2 cores one thread each is faster than
+# one after the other with both, and every GAN gets the same thread count whether it trains alone
+# (a second digit) or not, so that it sums in the same order either way.
 run pretrain "$OUT/gan/final.pt" "$OUT/logs/pretrain.log" \
     env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --out "$OUT/gan" &
 pretrain_pid=$!
@@ -186,6 +191,13 @@ done
 for gamma in $GAMMAS; do
     evaluate "extrapolation γ=$gamma" extrapolation_$gamma "$D/extrapolate/extrapolated_$gamma.pt"
 done
+# the seed-0 run of every grid μ on the evaluation latents: reported beside its validation scores,
+# never used to choose; it shows how far a row moves when another μ is chosen
+for loss in el2 nl2 il2; do
+    grid_runs=()
+    for mu in ${MU_GRID[$loss]}; do grid_runs+=("$D/${loss}_mu$mu/s0/unlearned.pt"); done
+    evaluate "$loss grid, seed 0" grid_$loss "${grid_runs[@]}"
+done
 
 # 5. the table
 python3 - "$D" "$DIGIT" $BASELINES <<'EOF'
@@ -210,6 +222,18 @@ for folder in folders:
     ret = fmt(s["ret_fid"])  # None for the retrained model itself
     name = json.load(open(f"{root}/eval/{folder}/args.json"))["args"]["label"]
     lines.append(f"| {name} | {fmt(s['pul'])} | {fmt(s['fid'])} | {ret} | {change} |")
+lines += ["", f"Seed-0 runs of every μ in the grids on the same latents (reported, not used to choose μ; "
+          f"the validation scores that chose it in brackets, seed-2 latents):", "",
+          "| Loss | μ | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | validation PUL / FID |",
+          "|---|---|---|---|---|---|---|"]
+for loss in ("el2", "nl2", "il2"):
+    chosen = open(f"{root}/validation/{loss}.mu").read().strip()
+    for c in json.load(open(f"{root}/eval/grid_{loss}/metrics.json"))["checkpoints"]:
+        # the runs sit in {root}/{loss}_mu{μ}/s0/
+        mu = os.path.basename(os.path.dirname(os.path.dirname(c["path"])))[len(loss) + 3:]
+        v = json.load(open(f"{root}/validation/{loss}_mu{mu}/metrics.json"))["checkpoints"][0]
+        lines.append(f"| {loss}{' (chosen)' if mu == chosen else ''} | {mu} | {c['pul']:.2f} | {c['fid']:.2f} | "
+                     f"{c['fid'] / ref['fid']:.2f}× | {c['ret_fid']:.2f} | {v['pul']:.1f} / {v['fid']:.1f} |")
 open(f"{root}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

@@ -248,6 +248,11 @@ def mnist_cpu_outputs(out):
         (digit / "eval" / folder).mkdir(parents=True)
         (digit / "eval" / folder / "metrics.json").write_text(json.dumps(metrics))
         (digit / "eval" / folder / "args.json").write_text(json.dumps({"args": {"label": label}}))
+    for loss, grid in MU_GRIDS.items():  # the seed-0 run of every grid μ on the evaluation latents
+        checkpoints = [{"path": str(digit / f"{loss}_mu{mu}" / "s0" / "unlearned.pt"), "pul": pul + 1.0,
+                        "fid": 2 * fid, "ret_fid": fid + 3.0} for mu, (pul, fid) in grid.items()]
+        (digit / "eval" / f"grid_{loss}").mkdir(parents=True)
+        (digit / "eval" / f"grid_{loss}" / "metrics.json").write_text(json.dumps({"checkpoints": checkpoints}))
     return digit
 
 
@@ -268,6 +273,13 @@ def test_mnist_cpu_chooses_mu_on_validation_and_tabulates(tmp_path):
     assert rows["retraining"] == "| retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | N/A | 9: +9.0% |"
     # el2 is folder i = 9: the largest |c − 9| among the digits but 8 and 3 is digit 0's
     assert rows["el2 (mu 100)"] == "| el2 (mu 100) | 19.00 ± 0.50 | 49.00 ± 0.50 | 54.00 ± 0.50 | 0: -9.0% |"
+    # every grid μ's seed-0 run on the evaluation latents beside its validation scores; the FID
+    # ratio is against the pre-trained model's evaluation FID (2 × 59 / 37.7)
+    grid_rows = [line for line in (digit / "results.md").read_text().splitlines()
+                 if line.split(" | ")[0].lstrip("| ").split(" ")[0] in MU_GRIDS and line.count(" | ") == 6]
+    assert len(grid_rows) == sum(len(grid) for grid in MU_GRIDS.values())
+    assert "| el2 (chosen) | 100 | 81.00 | 118.00 | 3.13× | 62.00 | 80.0 / 59.0 |" in grid_rows
+    assert "| nl2 | 1 | 91.00 | 140.00 | 3.71× | 73.00 | 90.0 / 70.0 |" in grid_rows
 
 
 def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
@@ -290,7 +302,7 @@ def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
 import json, os, sys
 if sys.argv[1:2] == ["-"]:  # the script's own table and μ-choice programs run for real
     os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])
-args = sys.argv[1:]
+args = sys.argv[1:] + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "")]
 open({str(log)!r}, "a").write(json.dumps(args) + "\\n")
 out = args[args.index("--out") + 1]
 os.makedirs(out, exist_ok=True)
@@ -316,6 +328,9 @@ elif args[0] == "evaluate.py":
     pretrain, lenet, stage1, validate, finetune = commands
     settings = (out / "settings").read_text()
     assert f" LENET_MEMBERS={option(lenet, '--members')} " in settings
+    # the thread counts are recorded and given: GAN_THREADS to the GANs, THREADS to the rest
+    assert f" GAN_THREADS={pretrain[-1].split('=')[1]} THREADS={lenet[-1].split('=')[1]} " in settings
+    assert {c[-1] for c in (lenet, stage1, validate, finetune)} == {lenet[-1]} != {pretrain[-1]}
     assert settings.startswith(f"GAN_ITER={option(pretrain, '--iter')} GAN_EMA_KIMG={option(pretrain, '--ema_kimg')} ")
     assert "--exclude" not in pretrain
     assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in settings
