@@ -222,8 +222,8 @@ for folder in folders:
     ret = fmt(s["ret_fid"])  # None for the retrained model itself
     name = json.load(open(f"{root}/eval/{folder}/args.json"))["args"]["label"]
     lines.append(f"| {name} | {fmt(s['pul'])} | {fmt(s['fid'])} | {ret} | {change} |")
-lines += ["", f"Seed-0 runs of every μ in the grids on the same latents (reported, not used to choose μ; "
-          f"the validation scores that chose it in brackets, seed-2 latents):", "",
+lines += ["", "Seed-0 runs of every μ in the grids on the same latents (reported, not used to choose μ; the last "
+          "column holds the validation scores, on seed-2 latents, that chose it):", "",
           "| Loss | μ | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | validation PUL / FID |",
           "|---|---|---|---|---|---|---|"]
 for loss in ("el2", "nl2", "il2"):

@@ -296,6 +296,7 @@ def test_mnist_cpu_validates_at_the_evaluation_counts(tmp_path):
     (digit / "adapt" / "adapted_4.pt").unlink()
     (digit / "validation" / "il2_mu3" / "metrics.json").unlink()
     (digit / "finetune" / "s2" / "unlearned.pt").unlink()
+    (digit / "eval" / "grid_il2" / "metrics.json").unlink()
     log, bin_dir = tmp_path / "commands.jsonl", tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(f"""#!{sys.executable}
@@ -309,7 +310,9 @@ os.makedirs(out, exist_ok=True)
 if args[0] == "negative_adapt.py":
     open(os.path.join(out, "adapted_4.pt"), "w").close()
 elif args[0] == "evaluate.py":
-    metrics = {{"checkpoints": [{{"pul": 50.0, "fid": 41.0}}], "reference": {{"fid": 40.0}}}}
+    checkpoints = [{{"path": path, "pul": 50.0, "fid": 41.0, "ret_fid": 42.0}}
+                   for path in args[1:args.index("--reference")]]
+    metrics = {{"checkpoints": checkpoints, "reference": {{"fid": 40.0}}}}
     open(os.path.join(out, "metrics.json"), "w").write(json.dumps(metrics))
 """)
     (bin_dir / "python3").chmod(0o755)
@@ -320,17 +323,17 @@ elif args[0] == "evaluate.py":
     commands = [json.loads(line) for line in log.read_text().splitlines()]
     # nothing else was missing
     assert [c[0] for c in commands] == ["train_stylegan2.py", "train_classifier.py", "negative_adapt.py",
-                                        "evaluate.py", "unlearn.py"]
+                                        "evaluate.py", "unlearn.py", "evaluate.py"]
 
     def option(command, name):
         return command[command.index(name) + 1]
 
-    pretrain, lenet, stage1, validate, finetune = commands
+    pretrain, lenet, stage1, validate, finetune, grid = commands
     settings = (out / "settings").read_text()
     assert f" LENET_MEMBERS={option(lenet, '--members')} " in settings
     # the thread counts are recorded and given: GAN_THREADS to the GANs, THREADS to the rest
     assert f" GAN_THREADS={pretrain[-1].split('=')[1]} THREADS={lenet[-1].split('=')[1]} " in settings
-    assert {c[-1] for c in (lenet, stage1, validate, finetune)} == {lenet[-1]} != {pretrain[-1]}
+    assert {c[-1] for c in (lenet, stage1, validate, finetune, grid)} == {lenet[-1]} != {pretrain[-1]}
     assert settings.startswith(f"GAN_ITER={option(pretrain, '--iter')} GAN_EMA_KIMG={option(pretrain, '--ema_kimg')} ")
     assert "--exclude" not in pretrain
     assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in settings
@@ -342,3 +345,7 @@ elif args[0] == "evaluate.py":
         ("2", "600", "200")
     # the recorded score of μ = 3 (50 / 41) is below μ = 10's PUL (60), so μ = 10 stays chosen
     assert (digit / "validation" / "il2.mu").read_text().strip() == "10"
+    # every grid μ's seed-0 run is scored on the evaluation latents, in one call
+    assert grid[1:grid.index("--reference")] == [str(digit / f"il2_mu{mu}" / "s0" / "unlearned.pt") for mu in ("3", "10")]
+    assert (option(grid, "--seed"), option(grid, "--n_sample"), option(grid, "--out")) == \
+        ("1", "600", str(digit / "eval" / "grid_il2"))
