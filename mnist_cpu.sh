@@ -42,7 +42,7 @@ OUT=${OUT:-runs/mnist_cpu}
 DEVICE=${DEVICE:-cpu}
 # iteration and sample counts: the defaults are the published run; small values give a quick
 # smoke run of the whole script (e.g. GAN_ITER=300 STAGE1_ITER=5 STAGE2_ITER=5 N_EVAL=500 N_FID=200,
-# about 8 minutes; with far fewer GAN iterations the GAN may draw none of the digit)
+# about 11 minutes; with far fewer GAN iterations the GAN may draw none of the digit)
 GAN_ITER=${GAN_ITER:-7000}
 GAN_EMA_KIMG=2
 STAGE1_ITER=${STAGE1_ITER:-200}
