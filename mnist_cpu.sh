@@ -16,7 +16,7 @@
 #   GAN: 32 px, latent 128, channels capped at 64, EMA half-life 2 kimg, 7000 iterations.
 #     (A 0.25 kimg EMA kept g_ema close to one raw snapshot, whose FID jumped between
 #     checkpoints; 2 kimg gave a lower and steadier FID on validation latents.)
-#     The pre-training and the retraining run side by side, each with half the cores.
+#     The pre-training and the retraining run side by side with one thread each (GAN_THREADS).
 #   LeNet: an ensemble of 5 (seeds 0-4) that decides by the mean probability labels the feedback
 #     and scores PUL. One LeNet's calls on generated digits that look like none depend on its seed:
 #     on validation latents ten LeNets of the same recipe scored the model retrained without 8
@@ -230,7 +230,7 @@ for loss in ("el2", "nl2", "il2"):
     chosen = open(f"{root}/validation/{loss}.mu").read().strip()
     for c in json.load(open(f"{root}/eval/grid_{loss}/metrics.json"))["checkpoints"]:
         # the runs sit in {root}/{loss}_mu{μ}/s0/
-        mu = os.path.basename(os.path.dirname(os.path.dirname(c["path"])))[len(loss) + 3:]
+        mu = os.path.basename(os.path.dirname(os.path.dirname(c["path"]))).split("_mu", 1)[1]
         v = json.load(open(f"{root}/validation/{loss}_mu{mu}/metrics.json"))["checkpoints"][0]
         lines.append(f"| {loss}{' (chosen)' if mu == chosen else ''} | {mu} | {c['pul']:.2f} | {c['fid']:.2f} | "
                      f"{c['fid'] / ref['fid']:.2f}× | {c['ret_fid']:.2f} | {v['pul']:.1f} / {v['fid']:.1f} |")

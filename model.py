@@ -497,11 +497,12 @@ class ClassifierEnsemble(nn.Module):
 
     One small network's calls on off-manifold generated images depend on its seed (on MNIST at
     CPU scale, ten LeNets of one recipe scored the same GAN trained without 8s from 79 % to 92 %
-    PUL, two ensembles of five of them 87 % and 88 %); their mean probability is steadier. `forward` returns the log of the members'
-    mean probability (softmax over classes; for attributes the logit of the mean sigmoid), so
-    argmax and "logit >= 0" decide as for one network. `features` are member 0's: a fixed
-    feature space for the classifier-feature FID (the features of separately trained networks
-    do not live in a common space, so they are not averaged)."""
+    PUL, two ensembles of five of them 87 % and 88 %); their mean probability is steadier.
+    `forward` returns the log of the members' mean probability (softmax over classes; for
+    attributes the logit of the mean sigmoid), so argmax and "logit >= 0" decide as for one
+    network. `features` are member 0's: a fixed feature space for the classifier-feature FID
+    (the features of separately trained networks do not live in a common space, so they are not
+    averaged)."""
 
     def __init__(self, members, multilabel=False):
         super().__init__()
