@@ -237,4 +237,4 @@ for loss in ("el2", "nl2", "il2"):
 open(f"{root}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
-echo "stage times (s):"; column -t -s $'\t' "$D/times.tsv"
+echo "stage times (s):"; awk -F '\t' '{printf "%-32s %s\n", $1, $2}' "$D/times.tsv"

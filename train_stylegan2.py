@@ -31,6 +31,10 @@ def setup_distributed(device):
         return 0, 1, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.startswith("cuda"):
+        if local_rank >= torch.cuda.device_count():
+            raise utils.UserError(f"process {local_rank} of this node has no GPU of its own "
+                                  f"({torch.cuda.device_count()} visible): start at most that many "
+                                  "processes per node (torchrun --nproc_per_node) or use --device cpu")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")

@@ -29,9 +29,29 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line by `run_cli`, never as a traceback."""
 
 
-def run_cli(main, args):
-    """Call `main(args)`; a UserError ends the process with a one-line message and status 2."""
+def check_device(device):
+    """`device` as given, after checking that torch can use it; a UserError names the fix.
+
+    Without this a wrong --device fails deep inside torch at the first tensor moved to it."""
     try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"--device {device}: torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    return device
+
+
+def run_cli(main, args):
+    """Call `main(args)` after checking `args.device` (when the script has one); a UserError
+    ends the process with a one-line message and status 2."""
+    try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
         return main(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

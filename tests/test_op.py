@@ -394,7 +394,7 @@ def test_upfirdn2d_cuda_matches_native(up, down, pad, kname, shape, dtype):
     out_c = op.upfirdn2d(x, k, up, down, pad, impl="cuda")
     out_n = op.upfirdn2d(x, k, up, down, pad, impl="native")
     torch.testing.assert_close(out_c, out_n)
-    g = torch.randn_like(out_n)
+    g = torch.randn_like(out_n, requires_grad=True)  # the double backward differentiates w.r.t. g
     (gc,) = torch.autograd.grad(out_c, x, g, create_graph=True)
     (gn,) = torch.autograd.grad(out_n, x, g, create_graph=True)
     torch.testing.assert_close(gc, gn)
@@ -435,12 +435,12 @@ def test_fused_leaky_relu_cuda_matches_native(shape, slope, scale, with_bias):
     out_c = op.fused_leaky_relu(x, b, slope, scale, impl="cuda")
     out_n = op.fused_leaky_relu(x, b, slope, scale, impl="native")
     torch.testing.assert_close(out_c, out_n)
-    g = torch.randn_like(out_n)
+    g = torch.randn_like(out_n, requires_grad=True)  # the double backward differentiates w.r.t. g
     grads_c = torch.autograd.grad(out_c, inputs, g, create_graph=True)
     grads_n = torch.autograd.grad(out_n, inputs, g, create_graph=True)
     for a, b_ in zip(grads_c, grads_n):
         torch.testing.assert_close(a, b_)
-    # R1-style double backward: d/dx of sum(grad_x ** 2)
+    # double backward, as in R1: d/dg of sum(grad_x ** 2)
     (ggc,) = torch.autograd.grad(grads_c[0].pow(2).sum(), g)
     (ggn,) = torch.autograd.grad(grads_n[0].pow(2).sum(), g)
     torch.testing.assert_close(ggc, ggn)

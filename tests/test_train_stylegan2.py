@@ -152,6 +152,42 @@ def test_bad_input_is_one_line(tmp_path, extra, message):
     assert len(lines) == 1 and message in lines[0], done.stderr
 
 
+def test_unusable_device_is_one_line(tmp_path):
+    """No machine has 8 GPUs here: with none or one the message names the device and the fix."""
+    done = run(*TINY, "--iter", "1", "--device", "cuda:7", "--out", str(tmp_path / "x"), check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--device cuda:7: torch sees" in lines[0], done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_check_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert utils.check_device("cuda") == "cuda" and utils.check_device("cuda:1") == "cuda:1"
+    assert utils.check_device("cpu") == "cpu"
+    with pytest.raises(utils.UserError, match=r"torch sees 2 CUDA GPU\(s\) \(cuda:0 to cuda:1\)"):
+        utils.check_device("cuda:2")
+    with pytest.raises(utils.UserError, match="not a torch device"):
+        utils.check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(utils.UserError, match="sees no CUDA GPU here; use --device cpu"):
+        utils.check_device("cuda")
+
+
+def test_more_processes_than_gpus_is_a_user_error(monkeypatch):
+    """torchrun with 2 processes on a 1-GPU node: the second process gets a one-line error, not
+    torch's 'invalid device ordinal' from inside set_device."""
+    import train_stylegan2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device reached"))
+    with pytest.raises(utils.UserError, match=r"process 1 of this node has no GPU of its own \(1 visible\)"):
+        train_stylegan2.setup_distributed("cuda")
+
+
 def test_resume_with_other_architecture_is_one_line(tmp_path):
     out = str(tmp_path / "run")
     run(*TINY, "--iter", "1", "--out", out)
@@ -170,7 +206,7 @@ def test_unwritable_out_is_one_line(tmp_path):
 def test_two_process_ddp_on_cpu(tmp_path):
     out = str(tmp_path / "ddp")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-               SCRIPT, *TINY, "--iter", "3", "--out", out]
+               SCRIPT, *TINY, "--device", "cpu", "--iter", "3", "--out", out]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = utils.load_checkpoint(os.path.join(out, "final.pt"), "stylegan2")
