@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
 # feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
-# evaluation. About 115 minutes on 2 CPU cores (one digit alone, measured); a second digit reuses the
-# pre-trained GAN and the LeNets (111 minutes).
+# evaluation. 115 to 125 minutes on 2 CPU cores (one digit alone, two measurements); a second digit
+# reuses the pre-trained GAN and the LeNets (111 minutes).
 #
 #   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
 #   DATA=path/to/mnist bash mnist_cpu.sh 4   # another digit, another data folder
