@@ -30,20 +30,19 @@ class UserError(Exception):
 
 
 def check_device(device):
-    """`device` as given, after checking that torch can use it; a UserError names the fix.
+    """Raise a UserError naming the fix when torch cannot use `device`.
 
     Without this a wrong --device fails deep inside torch at the first tensor moved to it."""
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise UserError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)")
+        raise UserError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
         if parsed.index is not None and parsed.index >= count:
             raise UserError(f"--device {device}: torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
-    return device
 
 
 def run_cli(main, args):

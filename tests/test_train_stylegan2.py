@@ -163,8 +163,8 @@ def test_unusable_device_is_one_line(tmp_path):
 def test_check_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert utils.check_device("cuda") == "cuda" and utils.check_device("cuda:1") == "cuda:1"
-    assert utils.check_device("cpu") == "cpu"
+    for usable in ("cuda", "cuda:1", "cpu"):
+        utils.check_device(usable)  # no error
     with pytest.raises(utils.UserError, match=r"torch sees 2 CUDA GPU\(s\) \(cuda:0 to cuda:1\)"):
         utils.check_device("cuda:2")
     with pytest.raises(utils.UserError, match="not a torch device"):
