@@ -331,9 +331,11 @@ elif args[0] == "evaluate.py":
     pretrain, lenet, stage1, validate, finetune, grid = commands
     settings = (out / "settings").read_text()
     assert f" LENET_MEMBERS={option(lenet, '--members')} " in settings
-    # the thread counts are recorded and given: GAN_THREADS to the GANs, THREADS to the rest
+    # the training thread counts are recorded and given: GAN_THREADS to the GANs, THREADS to the
+    # LeNets, Stage 1 and Stage 2; scoring runs JOBS (2) at a time with THREADS / JOBS each
     assert f" GAN_THREADS={pretrain[-1].split('=')[1]} THREADS={lenet[-1].split('=')[1]} " in settings
-    assert {c[-1] for c in (lenet, stage1, validate, finetune, grid)} == {lenet[-1]} != {pretrain[-1]}
+    assert {c[-1] for c in (lenet, stage1, finetune)} == {"OMP_NUM_THREADS=2"}
+    assert {c[-1] for c in (pretrain, validate, grid)} == {"OMP_NUM_THREADS=1"}
     assert settings.startswith(f"GAN_ITER={option(pretrain, '--iter')} GAN_EMA_KIMG={option(pretrain, '--ema_kimg')} ")
     assert "--exclude" not in pretrain
     assert f" N_FEEDBACK={option(stage1, '--n_feedback')} " in settings
@@ -349,3 +351,66 @@ elif args[0] == "evaluate.py":
     assert grid[1:grid.index("--reference")] == [str(digit / f"il2_mu{mu}" / "s0" / "unlearned.pt") for mu in ("3", "10")]
     assert (option(grid, "--seed"), option(grid, "--n_sample"), option(grid, "--out")) == \
         ("1", "600", str(digit / "eval" / "grid_il2"))
+
+
+def scoring_run(tmp_path, fail_label=None):
+    """`mnist_cpu.sh 8` with every output on disk but the 15 evaluation calls', and a python3 on
+    PATH that stands in for evaluate.py: it takes 1 s, logs when it started and ended, and puts
+    back the metrics that mnist_cpu_outputs made (or fails for the call labelled `fail_label`)."""
+    out = tmp_path / "out"
+    digit = mnist_cpu_outputs(out)
+    stash = tmp_path / "stash"
+    (digit / "eval").rename(stash)
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f"""#!{sys.executable}
+import os, shutil, sys, time
+if sys.argv[1:2] == ["-"]:  # the script's own table and μ-choice programs run for real
+    os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])
+args = sys.argv[1:]
+out, label = args[args.index("--out") + 1], args[args.index("--label") + 1]
+open({str(log)!r}, "a").write(f"start {{time.time()}} {{os.environ['OMP_NUM_THREADS']}} {{label}}\\n")
+if label == {fail_label!r}:
+    sys.exit("error: made to fail")
+time.sleep(1)
+shutil.copytree(os.path.join({str(stash)!r}, os.path.basename(out)), out)
+open({str(log)!r}, "a").write(f"end {{time.time()}}\\n")
+""")
+    (bin_dir / "python3").chmod(0o755)
+    env = dict(os.environ, OUT=str(out), DATA=str(tmp_path / "unused"), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(["bash", MNIST_CPU, "8"], capture_output=True, text=True, env=env, cwd=ROOT)
+    events = [line.split(" ", 3) for line in log.read_text().splitlines()]
+    return run, digit, events
+
+
+def test_mnist_cpu_scores_two_at_once(tmp_path):
+    """Evaluation calls run two at a time with one thread each, never three; the group's wall
+    time is recorded beside each call's own, and the table is written from their metrics."""
+    run, digit, events = scoring_run(tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    starts = [e for e in events if e[0] == "start"]
+    assert len(starts) == 15 and {e[2] for e in starts} == {"1"}
+    running, most = 0, 0
+    for event in sorted(events, key=lambda e: float(e[1])):
+        running += 1 if event[0] == "start" else -1
+        most = max(most, running)
+    assert most == 2
+    times = dict(line.split("\t") for line in (digit / "times.tsv").read_text().splitlines()[1:])
+    wall = int(times.pop("evaluation, wall (2 at once)"))
+    calls = [int(v) for k, v in times.items() if k.startswith("evaluate ")]
+    assert len(calls) == 15 and wall < sum(calls)
+    assert "total, wall (this invocation)" in times
+    assert (digit / "results.md").is_file()
+
+
+def test_mnist_cpu_stops_on_a_failed_scoring_call(tmp_path):
+    """A failed evaluation call stops the script once the call beside it has finished: no call
+    starts after the failure is seen, and no table is written."""
+    run, digit, events = scoring_run(tmp_path, fail_label="cf_k")
+    assert run.returncode == 1
+    assert "[fail] evaluate cf_k" in run.stdout and "made to fail" in run.stdout
+    labels = [e[3] for e in events if e[0] == "start"]
+    # cf_k is the fifth call; at most one more starts before its failure is seen
+    assert labels.index("cf_k") == 4 and len(labels) <= 6
+    assert not (digit / "results.md").exists()
+    assert "evaluation, wall" not in (digit / "times.tsv").read_text()
