@@ -85,6 +85,11 @@ fi
 echo "$SETTINGS" > "$OUT/settings"
 [ -f "$D/times.tsv" ] || printf "stage\tseconds\n" > "$D/times.tsv"
 
+# record NAME SECONDS: a line of times.tsv, shown as done
+record() {
+    printf "%s\t%d\n" "$1" "$2" | tee -a "$D/times.tsv" | sed 's/^/[done] /'
+}
+
 # run NAME RESULT LOG command...: skip when RESULT exists, else run with its output in LOG and
 # record the wall time
 run() {
@@ -95,7 +100,7 @@ run() {
     if ! "$@" > "$log" 2>&1; then
         echo "[fail] $name: see $log"; tr '\r' '\n' < "$log" | tail -n 3; exit 1
     fi
-    printf "%s\t%d\n" "$name" $((SECONDS - start)) | tee -a "$D/times.tsv" | sed 's/^/[done] /'
+    record "$name" $((SECONDS - start))
 }
 
 # spawn NAME RESULT LOG command...: `run` in the background, at most JOBS at once. A failed stage
@@ -119,7 +124,7 @@ join() {  # LABEL
     wait
     stop_if_failed
     if [ $spawned -gt 0 ]; then
-        printf "%s\t%d\n" "$1" $((SECONDS - group_start)) | tee -a "$D/times.tsv" | sed 's/^/[done] /'
+        record "$1" $((SECONDS - group_start))
     fi
     spawned=0
 }
@@ -277,5 +282,5 @@ for loss in ("el2", "nl2", "il2"):
 open(f"{root}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
-printf "total, wall (this invocation)\t%d\n" $SECONDS >> "$D/times.tsv"
+record "total, wall (this invocation)" $SECONDS
 echo "stage times (s):"; awk -F '\t' '{printf "%-32s %s\n", $1, $2}' "$D/times.tsv"
