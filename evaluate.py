@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -56,18 +55,6 @@ def load_generators(args):
             raise utils.UserError(f"{path}: style_dim {g.style_dim}, {g.size} px vs the reference's "
                                   f"{ref.style_dim}, {ref.size} px: the same latents cannot be compared")
     return generators
-
-
-def check_classifier_fits(meta, size):
-    """Generators make 3-channel images at `size` px; to_classifier_input resizes and converts them.
-    Say so when the classifier was trained at another resolution or takes another size."""
-    if meta["image_size"] != size:
-        print(f"note: the classifier takes {meta['channels']}x{meta['image_size']} px, the generators make "
-              f"3x{size} px: images are resized (bilinear, antialiased) as in its training")
-    trained_at = meta.get("data_size")
-    if trained_at is not None and trained_at != size:
-        print(f"warning: the classifier was trained on {trained_at} px data, the generators make {size} px images; "
-              f"its decisions may not transfer (retrain it with --size {size})", file=sys.stderr)
 
 
 def feature_space(args, clf, meta):
@@ -321,7 +308,7 @@ def main(args):
     negative, negative_name = utils.resolve_negative(meta, args.negative)
     generators = load_generators(args)
     size = generators[0][3].size
-    check_classifier_fits(meta, size)
+    utils.check_classifier_fits(meta, size)
     fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
 
     real = None

@@ -80,7 +80,7 @@ def save_feedback_grid(images, negative, path, n_show=64):
     utils.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
 
 
-def collect_feedback(args, g_ema, fingerprint, marked, device):
+def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
     """Generate the pool of --n_feedback samples and label it; returns the feedback dict."""
     zs, images = [], []
     for z, batch in utils.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
@@ -90,9 +90,8 @@ def collect_feedback(args, g_ema, fingerprint, marked, device):
     z, images = torch.cat(zs), torch.cat(images)
     images_uint8 = utils.to_uint8(images)  # what the user sees, and what Stage 1 and 2 train on
 
-    if args.classifier is not None:
-        classifier, meta = utils.load_classifier(args.classifier, device)
-        index, name = utils.resolve_negative(meta, args.negative)
+    if oracle is not None:
+        classifier, meta, index, name = oracle
         logits = torch.cat([utils.classify(classifier, meta, utils.from_uint8(images_uint8[i:i + args.batch_eval]))
                             for i in range(0, len(images_uint8), args.batch_eval)])
         negative = utils.negative_mask(logits, meta, index).cpu()
@@ -154,10 +153,17 @@ def main(args):
         raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
     if args.n_models < 1:
         raise utils.UserError("--n_models must be at least 1")
-    utils.prepare_out_dir(args.out)
     device = args.device
+    # the oracle and --negative are checked before anything is generated or written
+    oracle = None
+    if args.classifier is not None:
+        classifier, meta = utils.load_classifier(args.classifier, device)
+        oracle = (classifier, meta, *utils.resolve_negative(meta, args.negative))
     pretrained, ckpt = utils.load_stylegan2(args.ckpt, device=device)
     model_args = ckpt["model_args"]
+    if oracle is not None:
+        utils.check_classifier_fits(oracle[1], model_args["size"])
+    utils.prepare_out_dir(args.out)
     g_ema = pretrained["g_ema"].eval()
     fingerprint = utils.state_fingerprint(ckpt["g_ema"])
     utils.write_args_json(args.out, args)
@@ -178,7 +184,7 @@ def main(args):
     fisher = [f.to(device) for f in utils.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
     theta_g = [p.detach().clone() for p in g_ema.parameters()]
 
-    feedback = collect_feedback(args, g_ema, fingerprint, marked, device)
+    feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
     feedback_path = os.path.join(args.out, "feedback.pt")
     utils.save_checkpoint(feedback, feedback_path)
     negative = feedback["negative"]
@@ -187,7 +193,6 @@ def main(args):
           f"-> {feedback_path}")
     negatives = feedback["images"][negative]  # uint8, as the user saw them
 
-    oracle = utils.load_classifier(args.classifier, device) if args.classifier else None
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     for j in range(args.n_models):
         nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
@@ -205,8 +210,7 @@ def main(args):
         utils.save_image_grid(images, os.path.join(args.out, f"adapted_{j}.png"), nrow=int(math.sqrt(args.n_sample)))
         line = f"wrote {path}"
         if oracle is not None:
-            classifier, meta = oracle
-            index, name = utils.resolve_negative(meta, args.negative)
+            classifier, meta, index, name = oracle
             share = negative_share(nets["g_ema"], classifier, meta, index, args.n_check, args.seed + 1000,
                                    args.batch_eval, device)
             line += f"; {share:.1f}% of {args.n_check} samples are '{name}' (the pre-trained model: " \

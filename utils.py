@@ -571,9 +571,21 @@ def resolve_negative(meta, negative):
         return names.index(negative), negative
     if not meta["multilabel"] and negative.isdigit() and int(negative) < len(names):
         return int(negative), names[int(negative)]
-    what = "attribute" if meta["multilabel"] else "class"
+    what = "an attribute" if meta["multilabel"] else "a class"
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    raise UserError(f"--negative {negative}: not a {what} of the classifier {meta.get('path', '')} ({shown})")
+    raise UserError(f"--negative {negative}: not {what} of the classifier {meta.get('path', '')} ({shown})")
+
+
+def check_classifier_fits(meta, size):
+    """Generators make 3-channel images at `size` px; to_classifier_input resizes and converts them.
+    Say so when the classifier was trained at another resolution or takes another size."""
+    if meta["image_size"] != size:
+        print(f"note: the classifier takes {meta['channels']}x{meta['image_size']} px, the generators make "
+              f"3x{size} px: images are resized (bilinear, antialiased) as in its training")
+    trained_at = meta.get("data_size")
+    if trained_at is not None and trained_at != size:
+        print(f"warning: the classifier was trained on {trained_at} px data, the generators make {size} px images; "
+              f"its decisions may not transfer (retrain it with --size {size})", file=sys.stderr)
 
 
 @torch.no_grad()

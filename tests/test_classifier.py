@@ -196,8 +196,21 @@ def test_resolve_negative_names_indices_and_errors():
     assert utils.resolve_negative(cats, "1") == (1, "dog")
     attrs = {"classes": None, "attributes": ["Bangs", "Eyeglasses"], "multilabel": True}
     assert utils.resolve_negative(attrs, "Eyeglasses") == (1, "Eyeglasses")
-    with pytest.raises(utils.UserError, match="not a attribute|not an attribute|attribute"):
+    with pytest.raises(utils.UserError, match="not an attribute"):
         utils.resolve_negative(attrs, "Hat")
+
+
+def test_check_classifier_fits_warns_only_on_another_training_size(capsys):
+    meta = {"image_size": 32, "channels": 1, "data_size": 32}
+    utils.check_classifier_fits(meta, 32)
+    assert capsys.readouterr() == ("", "")
+    utils.check_classifier_fits(meta, 64)  # resized for the input, and trained on other images
+    printed = capsys.readouterr()
+    assert "resized" in printed.out and "1x32 px" in printed.out
+    assert "trained on 32 px data" in printed.err and "--size 64" in printed.err
+    utils.check_classifier_fits(dict(meta, data_size=None), 64)  # an older checkpoint: only the note
+    printed = capsys.readouterr()
+    assert "resized" in printed.out and printed.err == ""
 
 
 def test_multilabel_decisions():

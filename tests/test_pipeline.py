@@ -178,6 +178,8 @@ def test_bad_input(chain):
         last = stderr.strip().splitlines()[-1]
         assert process.returncode == 2 and last.startswith("error: ") and "Traceback" not in stderr, stderr[-2000:]
         assert all(word in last for word in words), (script, args, last)
+    # a wrong --negative is caught before any sample is generated or the output folder is made
+    assert not (root / f"bad{[words for words, _, _ in cases].index(['not a class'])}").exists()
 
 
 def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
