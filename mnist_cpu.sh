@@ -2,7 +2,7 @@
 # Unlearn one MNIST digit at CPU scale, end to end: pre-train, retrain without the digit, LeNet,
 # feedback + Stage 1, Stage 2 (el2, nl2, il2) and every baseline over 3 seeds, extrapolation,
 # evaluation. 117.5 minutes on 2 CPU cores, one digit alone in one piece (README); a second digit
-# reuses the pre-trained GAN and the LeNets (111 minutes with the previous, sequential script).
+# reuses the pre-trained GAN and the LeNets (digit 1: 110 minutes).
 #
 #   bash mnist_cpu.sh 8                      # MNIST under ./data (torchvision layout)
 #   DATA=path/to/mnist bash mnist_cpu.sh 4   # another digit, another data folder
