@@ -162,7 +162,7 @@ def main(args):
     pretrained, ckpt = utils.load_stylegan2(args.ckpt, device=device)
     model_args = ckpt["model_args"]
     if oracle is not None:
-        utils.check_classifier_fits(oracle[1], model_args["size"])
+        utils.check_classifier_fits(meta, model_args["size"])
     utils.prepare_out_dir(args.out)
     g_ema = pretrained["g_ema"].eval()
     fingerprint = utils.state_fingerprint(ckpt["g_ema"])

@@ -89,6 +89,18 @@ def test_feedback_and_stage1(chain):
     assert os.path.exists(os.path.join(chain["adapt"], "feedback.png"))
 
 
+
+def test_feedback_oracle_trained_at_another_size_is_flagged(chain, tmp_path):
+    """The chain's classifier saw 8 px data; labelling a 16 px generator's samples with it warns."""
+    model_args = dict(size=16, style_dim=8, n_mlp=1, channel_max=8)
+    gan16 = str(tmp_path / "gan16.pt")
+    utils.save_checkpoint(utils.stylegan2_checkpoint(utils.build_stylegan2(model_args), model_args, {}, 0, {}), gan16)
+    done = run("negative_adapt.py", "--ckpt", gan16, "--classifier", chain["clf"], "--negative", chain["negative"],
+               "--n_feedback", 20, "--n_models", 1, "--iter", 1, "--fisher_samples", 4, "--n_check", 4, *SHORT,
+               "--out", tmp_path / "adapt16", check=False)
+    assert "the classifier was trained on 8 px data" in done.stderr and "--size 16" in done.stderr
+    assert "Traceback" not in done.stderr
+
 def test_unlearn_every_method_extrapolate_and_evaluate(chain):
     root = chain["root"]
     processes = {}
