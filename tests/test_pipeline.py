@@ -423,8 +423,10 @@ def test_mnist_cpu_stops_on_a_failed_scoring_call(tmp_path):
     run, digit, events = scoring_run(tmp_path, fail_label="cf_k")
     assert run.returncode == 1
     assert "[fail] evaluate cf_k" in run.stdout and "made to fail" in run.stdout
-    labels = [e[3] for e in events if e[0] == "start"]
-    # cf_k is the fifth call; at most one more starts before its failure is seen
-    assert labels.index("cf_k") == 4 and len(labels) <= 6
+    # cf_k is the fifth call; at most one more starts before its failure is seen. Calls that start
+    # together may log in either order, so the started calls are compared as a set.
+    started = sorted(e[3].split(" (")[0] for e in events if e[0] == "start")  # "el2 (mu 200)" -> "el2"
+    first_calls = ["retraining", "el2", "nl2", "il2", "cf_k", "eu_k"]
+    assert started in (sorted(first_calls[:5]), sorted(first_calls)), started
     assert not (digit / "results.md").exists()
     assert "evaluation, wall" not in (digit / "times.tsv").read_text()
