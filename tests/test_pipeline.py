@@ -89,7 +89,6 @@ def test_feedback_and_stage1(chain):
     assert os.path.exists(os.path.join(chain["adapt"], "feedback.png"))
 
 
-
 def test_feedback_oracle_trained_at_another_size_is_flagged(chain, tmp_path):
     """The chain's classifier saw 8 px data; labelling a 16 px generator's samples with it warns."""
     model_args = dict(size=16, style_dim=8, n_mlp=1, channel_max=8)
@@ -100,6 +99,7 @@ def test_feedback_oracle_trained_at_another_size_is_flagged(chain, tmp_path):
                "--out", tmp_path / "adapt16", check=False)
     assert "the classifier was trained on 8 px data" in done.stderr and "--size 16" in done.stderr
     assert "Traceback" not in done.stderr
+
 
 def test_unlearn_every_method_extrapolate_and_evaluate(chain):
     root = chain["root"]
