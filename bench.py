@@ -7,7 +7,7 @@
 It prints: generator forward time and images/s without grad, one training iteration (G + D) without
 and with the lazy regularisers (R1 and path length) and their amortised mean over a schedule, the
 FLOPs of each, and the achieved GFLOP/s as a fraction of a float32 matmul timed in the same run.
-The training iteration is `utils.GANStep`, the step every training script of this repo runs.
+The training iteration is `gan.GANStep`, the step every training script of this repo runs.
 """
 
 import argparse
@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+import gan
 import utils
 
 
@@ -95,8 +96,8 @@ def measure(args):
     g, d, g_ema, model_dir = build_networks(args)
     z = torch.randn(args.batch, args.style_dim, device=args.device)
     real = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-    g_optim, d_optim = utils.make_optimizers(g, d, args)
-    step = utils.GANStep(g, d, g_ema, args, g_optim, d_optim, device=args.device)
+    g_optim, d_optim = gan.make_optimizers(g, d, args)
+    step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, device=args.device)
 
     def generate():
         with torch.no_grad():
@@ -145,6 +146,26 @@ def report(results, label):
           f"train iteration amortised over the lazy schedule: {results['train_amortised_ms']:.1f} ms")
 
 
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    parser.add_argument("--size", type=int, default=32, help="image size")
+    parser.add_argument("--style_dim", type=int, default=128, help="latent / style dimension")
+    parser.add_argument("--n_mlp", type=int, default=8, help="mapping network depth")
+    parser.add_argument("--channel_multiplier", type=int, default=2, help="channel multiplier (config-f: 2)")
+    parser.add_argument("--channel_max", type=int, default=512, help="width cap (512 = rosinality's networks)")
+    parser.add_argument("--device", default=utils.default_device(), help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--compare", default=None,
+                        help="folder of another StyleGAN2 checkout (rosinality's layout: model.py + op/) to time in the same run")
+    parser.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print the raw figures as one JSON line")
+    gan.add_gan_training_args(parser)
+    return parser
+
+
 def main(args):
     if args.model_dir:
         sys.path.insert(0, os.path.abspath(args.model_dir))
@@ -170,20 +191,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
-    parser.add_argument("--size", type=int, default=32, help="image size")
-    parser.add_argument("--style_dim", type=int, default=128, help="latent / style dimension")
-    parser.add_argument("--n_mlp", type=int, default=8, help="mapping network depth")
-    parser.add_argument("--channel_multiplier", type=int, default=2, help="channel multiplier (config-f: 2)")
-    parser.add_argument("--channel_max", type=int, default=512, help="width cap (512 = rosinality's networks)")
-    parser.add_argument("--device", default=utils.default_device(), help="cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--compare", default=None,
-                        help="folder of another StyleGAN2 checkout (rosinality's layout: model.py + op/) to time in the same run")
-    parser.add_argument("--model_dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", help="print the raw figures as one JSON line")
-    utils.add_gan_training_args(parser)
-    utils.run_cli(main, parser.parse_args())
+    utils.run_cli(main, create_argparser().parse_args())

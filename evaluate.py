@@ -8,7 +8,7 @@
 
 Protocol (paper §5.3 and appendix E): every generator (its g_ema) draws the same seeded samples
 (one z ~ N(0, I) per image, ψ = 1, noise from the seed too), quantised to uint8 as if saved.
-- PUL = 100 · (S_n(reference) − S_n(model)) / S_n(reference), S_n = number of the first --n_sample
+- PUL = 100 · (S_n(reference) − S_n(model)) / S_n(reference), S_n = number of the first --n_eval
   samples the classifier calls --negative (argmax for classes, logit >= 0 for attributes).
 - FID: Fréchet distance between Inception-v3 pool3 features of the first --n_fid samples and of the
   real data without the negative class/feature; --features classifier uses the classifier's
@@ -21,14 +21,18 @@ Writes OUT/metrics.json (values, summary, protocol), OUT/table.md (also printed)
 and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
 """
 
-import argparse
 import hashlib
 import json
 import os
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
+import checkpoint
+import dataset
+import metrics
 import utils
 
 
@@ -47,7 +51,7 @@ def load_generators(args):
         entries.append(("retrained", "retraining", args.retrained))
     generators = []
     for role, label, path in entries:
-        g, ckpt = utils.load_generator(path, args.device)
+        g, ckpt = checkpoint.load_generator(path, args.device)
         generators.append((role, label, path, g))
     ref = generators[0][3]
     for _, _, path, g in generators[1:]:
@@ -61,36 +65,36 @@ def feature_space(args, clf, meta):
     """(name, features(images in [-1, 1]) -> [N, D] float64 CPU, protocol info) for FID."""
     if args.features == "classifier":
         def features(images):
-            return utils.classifier_features(clf, meta, utils.from_uint8(utils.to_uint8(images))).double().cpu()
+            return metrics.classifier_features(clf, meta, utils.from_uint8(utils.to_uint8(images))).double().cpu()
         # identified by the weights' hash, not the path: statistics stay valid in a moved run folder
         return "classifier-feature FID", features, {
             "feature_extractor": f"classifier penultimate features ({meta['arch']})",
             "weights": os.path.abspath(meta["path"]), "weights_sha256": utils.file_sha256(meta["path"]),
             "note": "classifier-feature FID: not the Inception FID, not comparable to published FIDs"}
-    net, info = utils.load_fid_inception(args.inception, args.device)
-    return "FID", lambda images: utils.inception_features(net, images), info
+    net, info = metrics.load_fid_inception(args.inception, args.device)
+    return "FID", lambda images: metrics.inception_features(net, images), info
 
 
 def generator_pass(g, args, clf, meta, negative, features, desc):
-    """One pass over the seeded samples: classifier decisions on the first --n_sample, features on
+    """One pass over the seeded samples: classifier decisions on the first --n_eval, features on
     the first --n_fid. Returns counts per class/attribute, the negative mask and (mu, sigma)."""
-    n_total = max(args.n_sample, args.n_fid)
+    n_total = max(args.n_eval, args.n_fid)
     negatives, counts, feats = [], 0, []
     done = 0
-    for _, images in utils.generate_images(g, n_total, args.seed, args.batch, args.device, desc=desc):
+    for _, images in metrics.generate_images(g, n_total, args.seed, args.batch, args.device, desc=desc):
         images = utils.from_uint8(utils.to_uint8(images))  # as if saved
-        take = min(len(images), max(0, args.n_sample - done))
+        take = min(len(images), max(0, args.n_eval - done))
         if take:
-            logits = utils.classify(clf, meta, images[:take])
-            negatives.append(utils.negative_mask(logits, meta, negative).cpu())
-            counts = counts + utils.label_counts(logits, meta)
+            logits = metrics.classify(clf, meta, images[:take])
+            negatives.append(metrics.negative_mask(logits, meta, negative).cpu())
+            counts = counts + metrics.label_counts(logits, meta)
         take_fid = min(len(images), max(0, args.n_fid - done))
         if take_fid:
             feats.append(features(images[:take_fid]))
         done += len(images)
     result = {"negative_mask": torch.cat(negatives), "counts": counts.tolist(), "stats": None}
     if feats:
-        result["stats"] = utils.feature_statistics(torch.cat(feats), desc)
+        result["stats"] = metrics.feature_statistics(torch.cat(feats), desc)
     return result
 
 
@@ -102,7 +106,7 @@ def pass_cache_key(args, negative, fid_info):
         return None
     return {"classifier_sha256": utils.file_sha256(args.classifier), "negative": negative,
             "features": fid_info.get("feature_extractor"), "features_sha256": fid_info.get("weights_sha256"),
-            "seed": args.seed, "n_sample": args.n_sample, "n_fid": args.n_fid, "batch": args.batch,
+            "seed": args.seed, "n_eval": args.n_eval, "n_fid": args.n_fid, "batch": args.batch,
             "device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -136,13 +140,13 @@ def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, feature
 def real_statistics(args, features, fid_info, negative_name, size):
     """(mu, sigma, reference-set info): from --real_stats when that file exists, else from the real
     data without the negative class/feature (saved to --real_stats or OUT/real_stats.npz)."""
-    split = args.real_split or ("test" if args.dataset in ("mnist", "synthetic") else "train")
-    info = {"dataset": args.dataset, "data": os.path.abspath(args.data) if args.dataset != "synthetic" else None,
+    split = args.real_split or ("test" if dataset.DATASETS[args.dataset].test_split == "own" else "train")
+    info = {"dataset": args.dataset, "data": dataset.data_source(args.dataset, args.data),
             "split": split, "excluded": negative_name, "size": size}
     stamp = {"features": fid_info["feature_extractor"], "weights_sha256": fid_info.get("weights_sha256", ""),
              "size": size, "excluded": negative_name}
     if args.real_stats and os.path.isfile(args.real_stats):
-        mu, sigma, fields = utils.load_statistics(args.real_stats)
+        mu, sigma, fields = metrics.load_statistics(args.real_stats)
         for key in stamp:  # a file made for another feature space, resolution or excluded class
             if key in fields and fields[key] != str(stamp[key]):
                 raise utils.UserError(f"--real_stats {args.real_stats} was made with {key} {fields[key]!r}, this run "
@@ -151,31 +155,20 @@ def real_statistics(args, features, fid_info, negative_name, size):
                     n_images=int(fields["n_images"]) if "n_images" in fields else None)
         return mu, sigma, info
     try:
-        dataset, data_info = utils.load_dataset(args.dataset, args.data, size, train=split == "train",
+        images, data_info = dataset.load_dataset(args.dataset, args.data, size, train=split == "train",
                                                 attributes=args.attributes, exclude=negative_name, verbose=False)
     except utils.UserError as err:
         raise utils.UserError(f"real reference set (--dataset {args.dataset} --data {args.data}): {err}")
-    if args.n_real is not None and args.n_real < len(dataset):
-        dataset = torch.utils.data.Subset(dataset, range(args.n_real))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=False, num_workers=args.workers)
-    from tqdm import tqdm
-
-    feats = [features(images) for images, _ in tqdm(loader, desc="real data", leave=False)]
-    mu, sigma = utils.feature_statistics(torch.cat(feats), "real data")
+    if args.n_real is not None and args.n_real < len(images):
+        images = torch.utils.data.Subset(images, range(args.n_real))
+    loader = torch.utils.data.DataLoader(images, batch_size=args.batch, shuffle=False, num_workers=args.workers)
+    feats = [features(batch) for batch, _ in tqdm(loader, desc="real data", leave=False)]
+    mu, sigma = metrics.feature_statistics(torch.cat(feats), "real data")
     path = args.real_stats or os.path.join(args.out, "real_stats.npz")
-    utils.save_statistics(path, mu, sigma, n_images=len(dataset), **stamp)
-    info.update(statistics_file=os.path.abspath(path), loaded_from_file=False, n_images=len(dataset),
+    metrics.save_statistics(path, mu, sigma, n_images=len(images), **stamp)
+    info.update(statistics_file=os.path.abspath(path), loaded_from_file=False, n_images=len(images),
                 dropped=data_info["dropped"])
     return mu, sigma, info
-
-
-def side_effects(before, after, names, n):
-    """Per class/attribute: share (%) of samples before and after, and the % change of the count."""
-    out = {}
-    for name, b, a in zip(names, before, after):
-        change = 100.0 * (a - b) / b if b else float("nan")
-        out[name] = {"before": 100.0 * b / n, "after": 100.0 * a / n, "change": change}
-    return out
 
 
 def without_nan(value):
@@ -189,13 +182,6 @@ def without_nan(value):
     return value
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None and not np.isnan(v)]
-    if not values:
-        return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
-
-
 def fmt(value, std=None):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "N/A"
@@ -206,38 +192,38 @@ def fmt_summary(stat):
     return "N/A" if stat is None else fmt(stat["mean"], stat["std"])
 
 
-def markdown_table(metrics, fid_name, label):
+def markdown_table(record, fid_name, label):
     """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, then per checkpoint, then
     the side effects (appendix E)."""
-    summary = metrics["summary"]
+    summary = record["summary"]
     lines = [f"| Method | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) |", "|---|---|---|---|"]
-    for entry in [metrics["reference"], metrics.get("retrained")]:
+    for entry in [record["reference"], record.get("retrained")]:
         if entry:
             lines.append(f"| {entry['label']} | {fmt(entry['pul'])} | {fmt(entry['fid'])} | {fmt(entry['ret_fid'])} |")
-    if metrics["checkpoints"]:
-        lines.append(f"| {label} ({len(metrics['checkpoints'])} run{'s' if len(metrics['checkpoints']) > 1 else ''}) "
+    if record["checkpoints"]:
+        lines.append(f"| {label} ({len(record['checkpoints'])} run{'s' if len(record['checkpoints']) > 1 else ''}) "
                      f"| {fmt_summary(summary['pul'])} | {fmt_summary(summary['fid'])} "
                      f"| {fmt_summary(summary['ret_fid'])} |")
         lines += ["", f"| Checkpoint | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | negatives |", "|---|---|---|---|---|"]
         lines += [f"| {c['label']} | {fmt(c['pul'])} | {fmt(c['fid'])} | {fmt(c['ret_fid'])} | {c['negatives']} |"
-                  for c in metrics["checkpoints"]]
-        what = "attribute" if metrics["protocol"]["pul"]["multilabel"] else "class"
+                  for c in record["checkpoints"]]
+        what = "attribute" if record["protocol"]["pul"]["multilabel"] else "class"
         unit = "frequency" if what == "attribute" else "share"
         lines += ["", f"| {what} | reference {unit} % | {label} {unit} % | % change (mean ± std) |", "|---|---|---|---|"]
-        for name, ref in metrics["reference"]["side_effects"].items():
-            after = mean_std([c["side_effects"][name]["after"] for c in metrics["checkpoints"]])
+        for name, ref in record["reference"]["side_effects"].items():
+            after = metrics.mean_std([c["side_effects"][name]["after"] for c in record["checkpoints"]])
             change = summary["side_effects"][name]
-            marker = " (negative)" if name == metrics["protocol"]["pul"]["negative"] else ""
+            marker = " (negative)" if name == record["protocol"]["pul"]["negative"] else ""
             lines.append(f"| {name}{marker} | {fmt(ref['before'])} | {fmt_summary(after)} | {fmt_summary(change)} |")
     return "\n".join(lines)
 
 
-def grid_indices(reference_negatives, n_grid):
+def grid_indices(reference_negatives, n_columns):
     """Columns of the comparison grid: up to half negatives under the reference, then positives."""
     neg = torch.nonzero(reference_negatives).flatten().tolist()
     pos = torch.nonzero(~reference_negatives).flatten().tolist()
-    take_neg = min(len(neg), (n_grid + 1) // 2)
-    chosen = neg[:take_neg] + pos[:n_grid - take_neg]
+    take_neg = min(len(neg), (n_columns + 1) // 2)
+    chosen = neg[:take_neg] + pos[:n_columns - take_neg]
     return chosen, take_neg
 
 
@@ -245,15 +231,13 @@ def grid_indices(reference_negatives, n_grid):
 def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, negative, path):
     """One labelled row per generator, the same latents in every row; red frame = the classifier
     calls the sample negative. The first `n_neg_columns` columns are negatives of the reference."""
-    from PIL import Image, ImageDraw
-
-    name = utils.class_names(meta)[negative]
+    name = checkpoint.class_names(meta)[negative]
     rows = []
     for _, label, _, g in generators:
-        z, noise = utils.seeded_inputs(g, indices, args.seed)
+        z, noise = metrics.seeded_inputs(g, indices, args.seed)
         kwargs = {"noise": [maps.to(args.device) for maps in noise]} if noise else {}
         images = utils.from_uint8(utils.to_uint8(g([z.to(args.device)], **kwargs)[0]))
-        flags = utils.negative_mask(utils.classify(clf, meta, images), meta, negative).tolist()
+        flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).tolist()
         rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
 
     size = rows[0][1].shape[1]
@@ -278,9 +262,9 @@ def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, ne
 
 def fid_of_files(paths):
     """--fid A.npz B.npz: the Fréchet distance between two statistics files."""
-    mu1, sigma1, _ = utils.load_statistics(paths[0])
-    mu2, sigma2, _ = utils.load_statistics(paths[1])
-    value = utils.frechet_distance(mu1, sigma1, mu2, sigma2)
+    mu1, sigma1, _ = metrics.load_statistics(paths[0])
+    mu2, sigma2, _ = metrics.load_statistics(paths[1])
+    value = metrics.frechet_distance(mu1, sigma1, mu2, sigma2)
     print(f"{value:.10g}")
     return value
 
@@ -290,10 +274,50 @@ def check_args(args):
                                         ("--negative", args.negative)) if value is None]
     if missing:
         raise utils.UserError(f"{', '.join(missing)} required (or use --fid A.npz B.npz)")
-    if args.n_sample < 1 or args.n_fid < 0 or args.batch < 1 or args.n_grid < 0 or args.seed < 0:
-        raise utils.UserError("--n_sample and --batch must be >= 1; --n_fid, --n_grid and --seed >= 0")
+    if args.n_eval < 1 or args.n_fid < 0 or args.batch < 1 or args.n_sample < 0 or args.seed < 0:
+        raise utils.UserError("--n_eval and --batch must be >= 1; --n_fid, --n_sample and --seed >= 0")
     if args.n_fid and args.features == "inception" and args.inception is None:
-        utils.load_fid_inception(None)  # raises the error that says where to get the weights
+        metrics.load_fid_inception(None)  # raises the error that says where to get the weights
+
+
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    parser.add_argument("ckpt", nargs="*", help="generator checkpoints to evaluate (several seeds: mean ± std)")
+    parser.add_argument("--reference", help="the pre-trained generator (PUL baseline, first row of the grid)")
+    parser.add_argument("--classifier", help="classifier checkpoint from train_classifier.py")
+    parser.add_argument("--negative", help="the unlearned class (name or index) or attribute, among the classifier's")
+    parser.add_argument("--retrained", default=None, help="generator retrained without the negatives (Ret-FID)")
+    parser.add_argument("--label", default="unlearned", help="name of the evaluated method in the table")
+    dataset.add_data_args(parser, exclude=False)
+    parser.add_argument("--real_split", choices=["train", "test"], default=None,
+                        help="split of the real reference set (default: test for mnist, as the official code; train otherwise)")
+    parser.add_argument("--n_real", type=int, default=None, help="use only the first N real images (default: all)")
+    parser.add_argument("--real_stats", default=None,
+                        help=".npz (keys mu, sigma) of the real reference set: read when it exists, else computed and written there")
+    parser.add_argument("--features", choices=["inception", "classifier"], default="inception",
+                        help="FID features: Inception-v3 (standard FID) or the classifier's penultimate layer "
+                             "(labelled 'classifier-feature FID'; no download)")
+    parser.add_argument("--inception", default=None,
+                        help=f"the FID Inception weights {metrics.FID_WEIGHTS_NAME} ({metrics.FID_WEIGHTS_URL})")
+    parser.add_argument("--n_eval", type=int, default=15000,
+                        help="samples per generator for PUL and side effects (paper: 15,000)")
+    parser.add_argument("--n_fid", type=int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
+    parser.add_argument("--n_sample", type=int, default=8,
+                        help="columns of the comparison grid, the same latents in every row (0: no grid)")
+    parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
+                        help="only print the FID between two statistics files and exit")
+    parser.add_argument("--batch", type=int, default=64, help="generation and feature batch size")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the real data")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the evaluation latents, the same for every generator (not 0: negative_adapt.py "
+                             "shows the user the samples of seed 0, which must not be scored)")
+    parser.add_argument("--cache", default=None,
+                        help="folder keeping each generator's samples' decisions and feature statistics, reused by "
+                             "later calls with the same generator file, classifier, seed, sample counts, batch, "
+                             "device and thread count (e.g. the pre-trained and retrained models of a pipeline)")
+    parser.add_argument("--device", default=utils.default_device(), help="torch device")
+    parser.add_argument("--out", default="runs/eval", help="output folder")
+    return parser
 
 
 def main(args):
@@ -304,11 +328,11 @@ def main(args):
     utils.prepare_out_dir(args.out)
     utils.write_args_json(args.out, args)
 
-    clf, meta = utils.load_classifier(args.classifier, args.device)
-    negative, negative_name = utils.resolve_negative(meta, args.negative)
+    clf, meta = checkpoint.load_classifier(args.classifier, args.device)
+    negative, negative_name = metrics.resolve_negative(meta, args.negative)
     generators = load_generators(args)
     size = generators[0][3].size
-    utils.check_classifier_fits(meta, size)
+    metrics.check_classifier_fits(meta, size)
     fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
 
     real = None
@@ -318,7 +342,7 @@ def main(args):
     cache_key = pass_cache_key(args, negative, fid_info)
     results = [cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, label)
                for _, label, path, g in generators]
-    names = utils.class_names(meta)
+    names = checkpoint.class_names(meta)
     ref = results[0]
     ref_negatives = int(ref["negative_mask"].sum())
     retrained_stats = results[-1]["stats"] if args.retrained else None
@@ -327,21 +351,21 @@ def main(args):
         stats = result["stats"]
         n_neg = int(result["negative_mask"].sum())
         return {"role": role, "label": label, "path": os.path.abspath(path), "negatives": n_neg,
-                "pul": utils.percentage_unlearned(ref_negatives, n_neg),
-                "fid": utils.frechet_distance(*stats, *real) if stats and real else None,
+                "pul": metrics.percentage_unlearned(ref_negatives, n_neg),
+                "fid": metrics.frechet_distance(*stats, *real) if stats and real else None,
                 # the retrained model evaluated as a checkpoint has no Ret-FID (0 up to float noise)
-                "ret_fid": (utils.frechet_distance(*stats, *retrained_stats)
+                "ret_fid": (metrics.frechet_distance(*stats, *retrained_stats)
                             if stats and retrained_stats and role != "retrained"
                             and not os.path.samefile(path, args.retrained) else None),
-                "side_effects": side_effects(ref["counts"], result["counts"], names, args.n_sample)}
+                "side_effects": metrics.side_effects(ref["counts"], result["counts"], names, args.n_eval)}
 
     entries = [entry(role, label, path, result) for (role, label, path, _), result in zip(generators, results)]
     checkpoints = [e for e in entries if e["role"] == "evaluated"]
-    summary = {key: mean_std([c[key] for c in checkpoints]) for key in ("pul", "fid", "ret_fid")}
-    summary["side_effects"] = {name: mean_std([c["side_effects"][name]["change"] for c in checkpoints])
+    summary = {key: metrics.mean_std([c[key] for c in checkpoints]) for key in ("pul", "fid", "ret_fid")}
+    summary["side_effects"] = {name: metrics.mean_std([c["side_effects"][name]["change"] for c in checkpoints])
                                for name in names}
     protocol = {
-        "pul": {"n_sample": args.n_sample, "classifier": os.path.abspath(args.classifier), "arch": meta["arch"],
+        "pul": {"n_eval": args.n_eval, "classifier": os.path.abspath(args.classifier), "arch": meta["arch"],
                 "classifier_test_accuracy": meta.get("test_accuracy"), "multilabel": meta["multilabel"],
                 "negative": negative_name, "negative_index": negative,
                 "decision": "logit >= 0" if meta["multilabel"] else "argmax == negative class",
@@ -360,57 +384,22 @@ def main(args):
         "std": "population standard deviation (ddof = 0) over the evaluated checkpoints",
         "device": args.device, "torch": torch.__version__,
     }
-    metrics = {"protocol": protocol, "reference": entries[0],
+    record = {"protocol": protocol, "reference": entries[0],
                "retrained": entries[-1] if args.retrained else None,
                "checkpoints": checkpoints, "summary": summary}
 
-    table = markdown_table(metrics, fid_name, args.label)
+    table = markdown_table(record, fid_name, args.label)
     print(table)
-    text = json.dumps(without_nan(metrics), indent=2)
+    text = json.dumps(without_nan(record), indent=2)
     utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))
     utils.atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write((table + "\n").encode()))
-    if args.n_grid:
-        indices, n_neg = grid_indices(ref["negative_mask"], args.n_grid)
+    if args.n_sample:
+        indices, n_neg = grid_indices(ref["negative_mask"], args.n_sample)
         save_comparison_grid(generators, indices, n_neg, args, clf, meta, negative,
                              os.path.join(args.out, "comparison.png"))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}")
-    return metrics
+    return record
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=utils.HelpFormatter)
-    parser.add_argument("ckpt", nargs="*", help="generator checkpoints to evaluate (several seeds: mean ± std)")
-    parser.add_argument("--reference", help="the pre-trained generator (PUL baseline, first row of the grid)")
-    parser.add_argument("--classifier", help="classifier checkpoint from train_classifier.py")
-    parser.add_argument("--negative", help="the unlearned class (name or index) or attribute, among the classifier's")
-    parser.add_argument("--retrained", default=None, help="generator retrained without the negatives (Ret-FID)")
-    parser.add_argument("--label", default="unlearned", help="name of the evaluated method in the table")
-    utils.add_data_args(parser, exclude=False)
-    parser.add_argument("--real_split", choices=["train", "test"], default=None,
-                        help="split of the real reference set (default: test for mnist, as the official code; train otherwise)")
-    parser.add_argument("--n_real", type=int, default=None, help="use only the first N real images (default: all)")
-    parser.add_argument("--real_stats", default=None,
-                        help=".npz (keys mu, sigma) of the real reference set: read when it exists, else computed and written there")
-    parser.add_argument("--features", choices=["inception", "classifier"], default="inception",
-                        help="FID features: Inception-v3 (standard FID) or the classifier's penultimate layer "
-                             "(labelled 'classifier-feature FID'; no download)")
-    parser.add_argument("--inception", default=None,
-                        help=f"the FID Inception weights {utils.FID_WEIGHTS_NAME} ({utils.FID_WEIGHTS_URL})")
-    parser.add_argument("--n_sample", type=int, default=15000, help="samples per generator for PUL and side effects (paper: 15,000)")
-    parser.add_argument("--n_fid", type=int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
-    parser.add_argument("--n_grid", type=int, default=8, help="columns of the comparison grid (0: no grid)")
-    parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
-                        help="only print the FID between two statistics files and exit")
-    parser.add_argument("--batch", type=int, default=64, help="generation and feature batch size")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the real data")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="seed of the evaluation latents, the same for every generator (not 0: negative_adapt.py "
-                             "shows the user the samples of seed 0, which must not be scored)")
-    parser.add_argument("--cache", default=None,
-                        help="folder keeping each generator's samples' decisions and feature statistics, reused by "
-                             "later calls with the same generator file, classifier, seed, sample counts, batch, "
-                             "device and thread count (e.g. the pre-trained and retrained models of a pipeline)")
-    parser.add_argument("--device", default=utils.default_device(), help="torch device")
-    parser.add_argument("--out", default="runs/eval", help="output folder")
-    utils.run_cli(main, parser.parse_args())
+    utils.run_cli(main, create_argparser().parse_args())

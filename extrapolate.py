@@ -1,6 +1,6 @@
 """Parameter extrapolation baseline: θ_G + γ·(θ_G − mean_j θ_N^j) on the generator's weights.
 
-    python extrapolate.py --ckpt runs/mnist/final.pt --adapted runs/adapt8/adapted_*.pt \\
+    python extrapolate.py --ckpt runs/mnist/pretrained.pt --adapted runs/adapt8/adapted_*.pt \\
         --gamma 0.5 1 --out runs/extrapolate8
 
 Positive γ moves away from the adapted (negative) models; γ = 0 is θ_G. (The official code
@@ -9,23 +9,35 @@ OUT/extrapolated_{γ}.pt (g_ema = g = the extrapolated generator; D is the pre-t
 sample grid of fixed latents, OUT/extrapolated_{γ}.png.
 """
 
-import argparse
-import math
 import os
 
 import torch
 
+import checkpoint
+import gan
+import method
 import utils
+
+
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
+    parser.add_argument("--adapted", nargs="+", required=True, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
+    parser.add_argument("--gamma", type=float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
+    parser.add_argument("--out", default="runs/extrapolate", help="output folder")
+    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample grid's latents")
+    return parser
 
 
 def main(args):
     if not args.adapted:
         raise utils.UserError("--adapted needs at least one adapted_*.pt of negative_adapt.py")
     utils.prepare_out_dir(args.out)
-    nets, ckpt = utils.load_stylegan2(args.ckpt)
+    nets, ckpt = checkpoint.load_stylegan2(args.ckpt)
     model_args = ckpt["model_args"]
     theta_g = {name: tensor.clone() for name, tensor in nets["g_ema"].state_dict().items()}
-    theta_neg = [utils.load_stylegan2(path, which=("g_ema",), expect_model_args=model_args)[0]["g_ema"].state_dict()
+    theta_neg = [checkpoint.load_stylegan2(path, which=("g_ema",), expect_model_args=model_args)[0]["g_ema"].state_dict()
                  for path in args.adapted]
     utils.write_args_json(args.out, args)
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
@@ -34,25 +46,14 @@ def main(args):
 
     for gamma in args.gamma:
         generator = nets["g_ema"]
-        generator.load_state_dict(utils.extrapolate(theta_g, theta_neg, gamma))
-        method = {"stage": "extrapolate", "gamma": gamma, "adapted": [os.path.abspath(p) for p in args.adapted]}
-        path = os.path.join(args.out, f"extrapolated_{gamma:g}.pt")
-        ckpt_out = utils.stylegan2_checkpoint({"g": generator, "d": nets["d"], "g_ema": generator}, model_args,
-                                              args, ckpt.get("step", 0), sources, method=method)
-        utils.save_checkpoint(ckpt_out, path)
-        with torch.no_grad():
-            images, _ = generator.eval()([sample_z], randomize_noise=False)
-        utils.save_image_grid(images, os.path.join(args.out, f"extrapolated_{gamma:g}.png"),
-                              nrow=int(math.sqrt(args.n_sample)))
+        generator.load_state_dict(method.extrapolate(theta_g, theta_neg, gamma))
+        record = {"stage": "extrapolate", "gamma": gamma, "adapted": [os.path.abspath(p) for p in args.adapted]}
+        path = checkpoint.save_generator(os.path.join(args.out, f"extrapolated_{gamma:g}.pt"),
+                                         {"g": generator, "d": nets["d"], "g_ema": generator}, model_args, args,
+                                         ckpt.get("step", 0), sources, method=record)
+        gan.save_samples(generator.eval(), sample_z, os.path.join(args.out, f"extrapolated_{gamma:g}.png"))
         print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
-    parser.add_argument("--adapted", nargs="+", required=True, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
-    parser.add_argument("--gamma", type=float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
-    parser.add_argument("--out", default="runs/extrapolate", help="output folder")
-    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample grid's latents")
-    utils.run_cli(main, parser.parse_args())
+    utils.run_cli(main, create_argparser().parse_args())

@@ -131,19 +131,19 @@ join() {  # LABEL
 
 GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 --ema_kimg $GAN_EMA_KIMG
      --iter $GAN_ITER --sample_every 500 --save_every 1000 --workers 1 --device "$DEVICE")
-STAGE2=(--ckpt "$OUT/gan/final.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg $STAGE2_EMA_KIMG
+STAGE2=(--ckpt "$OUT/gan/pretrained.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg $STAGE2_EMA_KIMG
         --mixing $STAGE2_MIXING --sample_every 100 --save_every $STAGE2_ITER --device "$DEVICE")
-EVAL=(--reference "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
+EVAL=(--reference "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
       --dataset mnist --data "$DATA" --real_split train --features classifier --cache "$D/eval_cache" --device "$DEVICE")
 
 # 1. the pre-trained GAN (shared), the retrained gold standard without the digit, the LeNet (shared)
 # The two GANs train side by side with GAN_THREADS each: on 2 cores one thread each is faster than
 # one after the other with both, and every GAN gets the same thread count whether it trains alone
 # (a second digit) or not, so that it sums in the same order either way.
-run pretrain "$OUT/gan/final.pt" "$OUT/logs/pretrain.log" \
+run pretrain "$OUT/gan/pretrained.pt" "$OUT/logs/pretrain.log" \
     env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --out "$OUT/gan" &
 pretrain_pid=$!
-run retrain "$D/retrained/final.pt" "$D/logs/retrain.log" \
+run retrain "$D/retrained/retrained.pt" "$D/logs/retrain.log" \
     env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --exclude "$DIGIT" --out "$D/retrained" &
 retrain_pid=$!
 wait $pretrain_pid || { wait $retrain_pid; exit 1; }
@@ -154,7 +154,7 @@ run classifier "$OUT/lenet/classifier.pt" "$OUT/logs/classifier.log" \
 
 # 2. feedback on N_FEEDBACK samples (seed 0) and Stage 1
 run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
-    python3 negative_adapt.py --ckpt "$OUT/gan/final.pt" --classifier "$OUT/lenet/classifier.pt" \
+    python3 negative_adapt.py --ckpt "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" \
     --negative "$DIGIT" --n_feedback $N_FEEDBACK --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.25 \
     --device "$DEVICE" --out "$D/adapt"
 ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)
@@ -178,7 +178,7 @@ for loss in el2 nl2 il2; do
         name=${loss}_mu${mu}
         spawn "validate $name" "$D/validation/$name/metrics.json" "$D/logs/validate.$name.log" \
             env OMP_NUM_THREADS=$SCORE_THREADS python3 evaluate.py "$D/$name/s0/unlearned.pt" "${EVAL[@]}" \
-            --seed 2 --n_sample $N_EVAL --n_fid $N_FID --n_grid 0 --real_stats "$D/real_stats_classifier.npz" \
+            --seed 2 --n_eval $N_EVAL --n_fid $N_FID --n_sample 0 --real_stats "$D/real_stats_classifier.npz" \
             --out "$D/validation/$name"
     done
 done
@@ -214,17 +214,17 @@ for method in $BASELINES; do
     done
 done
 run extrapolate "$D/extrapolate/extrapolated_1.pt" "$D/logs/extrapolate.log" \
-    python3 extrapolate.py --ckpt "$OUT/gan/final.pt" --adapted "${ADAPTED[@]}" --gamma $GAMMAS --out "$D/extrapolate"
+    python3 extrapolate.py --ckpt "$OUT/gan/pretrained.pt" --adapted "${ADAPTED[@]}" --gamma $GAMMAS --out "$D/extrapolate"
 
 # 4. evaluation on 15,000 latents of seed 1: PUL, classifier-feature FID (5,000), Ret-FID, shares
 evaluate() {  # LABEL FOLDER CHECKPOINTS...
     local label=$1 folder=$2; shift 2
     spawn "evaluate $label" "$D/eval/$folder/metrics.json" "$D/logs/eval.$folder.log" \
-        env OMP_NUM_THREADS=$SCORE_THREADS python3 evaluate.py "$@" "${EVAL[@]}" --retrained "$D/retrained/final.pt" \
-        --seed 1 --n_sample $N_EVAL --n_fid $N_FID --real_stats "$D/real_stats_classifier.npz" --label "$label" \
+        env OMP_NUM_THREADS=$SCORE_THREADS python3 evaluate.py "$@" "${EVAL[@]}" --retrained "$D/retrained/retrained.pt" \
+        --seed 1 --n_eval $N_EVAL --n_fid $N_FID --real_stats "$D/real_stats_classifier.npz" --label "$label" \
         --out "$D/eval/$folder"
 }
-evaluate retraining retraining "$D/retrained/final.pt"
+evaluate retraining retraining "$D/retrained/retrained.pt"
 for loss in el2 nl2 il2; do
     mu=$(cat "$D/validation/$loss.mu")
     evaluate "$loss (mu $mu)" $loss "$D/${loss}_mu$mu"/s{0,1,2}/unlearned.pt
@@ -253,7 +253,7 @@ folders = ["retraining", *baselines] + sorted(f for f in os.listdir(f"{root}/eva
 fmt = lambda s: "N/A" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
 first = json.load(open(f"{root}/eval/retraining/metrics.json"))
 ref = first["reference"]
-lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_sample']} latents (seed 1), classifier-feature FID on "
+lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_eval']} latents (seed 1), classifier-feature FID on "
          f"{first['protocol']['fid']['n_fid']}; pre-trained: {ref['negatives']} negatives, FID {ref['fid']:.2f}.", "",
          "| Method | PUL (↑) | FID (↓) | Ret-FID (↓) | other digits' shares, largest change |", "|---|---|---|---|---|",
          f"| pre-trained | – | {ref['fid']:.2f} | {ref['ret_fid']:.2f} | – |"]

@@ -5,13 +5,12 @@ of it, adapts k copies to the negatives (Stage 1, EWC), unlearns from the pre-tr
 the positives with a repulsion loss (Stage 2), and scores every generator on fixed latents.
 
     python mog_toy.py --out runs/mog_toy
-    python mog_toy.py --out runs/mog_toy_all --methods all --seed 1
+    python mog_toy.py --out runs/mog_toy_all --method all --repulsion all --seed 1
 
-Writes OUT/mog_toy.png (one row per method: data + pre-trained samples | negatives + adapted
+Writes OUT/mog_toy.png (one row per result: data + pre-trained samples | negatives + adapted
 samples | positives + unlearned samples), OUT/metrics.json and OUT/args.json.
 """
 
-import argparse
 import json
 import math
 import os
@@ -23,10 +22,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import method
 import utils
 
-STAGE2_METHODS = ("el2", "nl2", "il2", "none")
-ALL_METHODS = STAGE2_METHODS + ("extrapolation",)
+METHODS = ("repulsion", "finetune", "extrapolation")  # what runs after Stage 1, in this order
+# μ of each repulsion loss when --mu is not given (nl2 is unbounded below: it wants a small μ)
+DEFAULT_MU = {"el2": 1.0, "nl2": 0.01, "il2": 1.0}
 MMD_BANDWIDTHS = (1.0, 4.0, 20.0)  # Gaussian kernel widths, in units of --std
 
 
@@ -185,27 +186,31 @@ def collect_feedback(args, g, centers, negative_modes):
 def adapt(args, g, d, negatives):
     """Stage 1: k copies of (G, D) trained on the negatives with the EWC penalty of eq. 3."""
     fake_pred = d(g(torch.randn(1, args.fisher_samples, args.z_dim)))  # D's raw output, [1, N, 1]
-    fisher = utils.fisher_diagonal(list(g.parameters()), fake_pred.reshape(-1))
+    fisher = method.fisher_diagonal(list(g.parameters()), fake_pred.reshape(-1))
     # EWC anchors with the copy axis of the k adapted generators
-    theta_g = [p.detach().expand(args.k, *p.shape[1:]).contiguous() for p in g.parameters()]
-    fisher = [f.expand(args.k, *f.shape[1:]).contiguous() for f in fisher]
-    ewc = lambda g_adapted: utils.ewc_penalty(list(g_adapted.parameters()), theta_g, fisher, args.ewc_weight)
-    return train_gan(args, g.replicate(args.k), d.replicate(args.k), points_batch(negatives, args.k, args.batch),
+    theta_g = [p.detach().expand(args.n_models, *p.shape[1:]).contiguous() for p in g.parameters()]
+    fisher = [f.expand(args.n_models, *f.shape[1:]).contiguous() for f in fisher]
+    ewc = lambda g_adapted: method.ewc_penalty(list(g_adapted.parameters()), theta_g, fisher, args.ewc_lambda)
+    k = args.n_models
+    return train_gan(args, g.replicate(k), d.replicate(k), points_batch(negatives, k, args.batch),
                      args.adapt_iter, args.stage_lr, "adapt (k copies)", g_penalty=ewc)[0]
 
 
-def unlearn(args, g, d, positives, adapted, method):
-    """Stage 2: the pre-trained G and D trained on the positives with the repulsion of eq. 6
-    (method "none": without it, the paper's ablation). Returns the generator."""
+def repulsion_mu(args, loss):
+    return DEFAULT_MU[loss] if args.mu is None else args.mu
+
+
+def unlearn(args, g, d, positives, adapted, run):
+    """Stage 2: the pre-trained G and D trained on the positives with the repulsion loss `run`
+    of eq. 6 (run "finetune": without it, the paper's ablation). Returns the generator."""
     g_penalty = None
-    if method != "none":
-        mu, alpha = {"el2": (args.el2_mu, args.el2_alpha), "il2": (args.il2_mu, None),
-                     "nl2": (args.nl2_mu, None)}[method]
-        g_penalty = lambda g_: utils.repulsion_loss(method, adapted.relative_distance(list(g_.parameters())),
-                                                    mu=mu, alpha=alpha)
+    if run != "finetune":
+        mu = repulsion_mu(args, run)
+        g_penalty = lambda g_: method.repulsion_loss(run, adapted.relative_distance(list(g_.parameters())),
+                                                     mu=mu, alpha=args.alpha)
     g, d = g.replicate(1), d.replicate(1)  # fresh copies of the pre-trained networks
     return train_gan(args, g, d, points_batch(positives, 1, args.batch), args.unlearn_iter,
-                     args.stage_lr, f"unlearn {method}", g_penalty=g_penalty)[0]
+                     args.stage_lr, f"unlearn {run}", g_penalty=g_penalty)[0]
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -320,7 +325,7 @@ def check_args(args):
     for flag in ("radius", "std", "lr", "stage_lr"):
         if getattr(args, flag) <= 0:
             raise utils.UserError(f"--{flag} must be positive")
-    for flag in ("k", "batch", "n_feedback", "fisher_samples", "pretrain_iter", "adapt_iter",
+    for flag in ("n_models", "batch", "n_feedback", "fisher_samples", "pretrain_iter", "adapt_iter",
                  "unlearn_iter", "r1_every", "threads"):
         if getattr(args, flag) < 1:
             raise utils.UserError(f"--{flag} must be at least 1")
@@ -328,9 +333,15 @@ def check_args(args):
         raise utils.UserError("--n_eval must be at least 2")
 
 
-def selected_methods(names):
-    """--methods in the canonical order, without duplicates; "all" means every method."""
-    return list(ALL_METHODS) if "all" in names else [m for m in ALL_METHODS if m in names]
+def selected_runs(args):
+    """What runs after Stage 1, in the figure's order without duplicates: each --repulsion loss
+    (for --method repulsion), then finetune, then extrapolation; "all" selects every one."""
+    methods = METHODS if "all" in args.method else [m for m in METHODS if m in args.method]
+    losses = list(DEFAULT_MU) if "all" in args.repulsion else [r for r in DEFAULT_MU if r in args.repulsion]
+    runs = []
+    for name in methods:
+        runs += losses if name == "repulsion" else [name]
+    return runs
 
 
 def samples_of(g, z):
@@ -353,9 +364,51 @@ def print_table(rows):
         print(f"{name:<21}" + "".join(f"{show(key, metrics.get(key)):>10}" for key, _ in columns))
 
 
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    parser.add_argument("--out", type=str, default="runs/mog_toy", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
+    parser.add_argument("--method", nargs="+", default=["repulsion"], choices=list(METHODS) + ["all"],
+                        help="what to run after Stage 1: repulsion (Stage 2 with each --repulsion loss), finetune "
+                             "(Stage 2 without repulsion, the paper's ablation), extrapolation (each --gamma); all")
+    parser.add_argument("--n_modes", type=int, default=8, help="Gaussians on the circle")
+    parser.add_argument("--radius", type=float, default=2.0, help="radius of the circle of modes")
+    parser.add_argument("--std", type=float, default=0.05, help="standard deviation of each Gaussian")
+    parser.add_argument("--negative", type=int, nargs="+", default=[0, 1], help="modes the user marks negative")
+    parser.add_argument("--n_feedback", type=int, default=1000, help="samples of the pre-trained G the user labels")
+    parser.add_argument("--n_models", type=int, default=5, help="k, the adapted generators of Stage 1")
+    parser.add_argument("--z_dim", type=int, default=8, help="latent dimension")
+    parser.add_argument("--g_width", type=int, default=64, help="hidden width of G")
+    parser.add_argument("--g_layers", type=int, default=4, help="hidden layers of G")
+    parser.add_argument("--d_width", type=int, default=128, help="hidden width of D")
+    parser.add_argument("--d_layers", type=int, default=3, help="hidden layers of D")
+    parser.add_argument("--batch", type=int, default=256, help="batch size (per copy)")
+    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate of G and D in pre-training")
+    parser.add_argument("--stage_lr", type=float, default=1e-3, help="Adam learning rate in Stages 1 and 2")
+    parser.add_argument("--r1", type=float, default=0.1, help="R1 gradient penalty weight on D (real points), all stages")
+    parser.add_argument("--r1_every", type=int, default=4, help="apply R1 every this many D steps (lazy)")
+    parser.add_argument("--pretrain_iter", type=int, default=5000, help="pre-training iterations")
+    parser.add_argument("--adapt_iter", type=int, default=300, help="Stage-1 iterations")
+    parser.add_argument("--unlearn_iter", type=int, default=1000, help="Stage-2 iterations")
+    parser.add_argument("--fisher_samples", type=int, default=256, help="generated samples for the Fisher")
+    parser.add_argument("--ewc_lambda", type=float, default=1e3, help="λ of the EWC penalty (Stage 1)")
+    parser.add_argument("--repulsion", nargs="+", default=["el2"], choices=list(DEFAULT_MU) + ["all"],
+                        help="repulsion losses on d (relative: 1 at θ_G): el2 = μ·exp(−α·d), nl2 = −μ·d, il2 = μ/d")
+    parser.add_argument("--mu", type=float, default=None,
+                        help="μ of every repulsion loss (default: " +
+                             ", ".join(f"{loss} {mu:g}" for loss, mu in DEFAULT_MU.items()) + ")")
+    parser.add_argument("--alpha", type=float, default=1.0, help="α of el2")
+    parser.add_argument("--gamma", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0],
+                        help="extrapolation factors γ in θ_G + γ(θ_G − mean θ_N); γ > 0 moves away")
+    parser.add_argument("--n_eval", type=int, default=10_000, help="fixed latents (and reference points) for the metrics")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (small nets: 1 is fastest)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
 def main(args):
     check_args(args)
-    methods = selected_methods(args.methods)
+    runs = selected_runs(args)
     utils.prepare_out_dir(args.out)
     utils.write_args_json(args.out, args)
     torch.set_num_threads(args.threads)
@@ -384,41 +437,42 @@ def main(args):
     g_adapted = adapt(args, g, d, negatives)
     adapted_seconds = time.perf_counter() - start
     names = [name for name, _ in g.named_parameters()]
-    theta_g = utils.select_parameters(g.state_dict(), names)
-    theta_neg_states = [g_adapted.copy_state(j) for j in range(args.k)]
-    adapted = utils.AdaptedParameters(theta_g, [utils.select_parameters(s, names) for s in theta_neg_states])
+    theta_g = method.select_parameters(g.state_dict(), names)
+    theta_neg_states = [g_adapted.copy_state(j) for j in range(args.n_models)]
+    adapted = method.AdaptedParameters(theta_g, [method.select_parameters(s, names) for s in theta_neg_states])
     with torch.no_grad():
-        adapted_samples = g_adapted(z_eval.expand(args.k, -1, -1)).reshape(-1, 2)
+        adapted_samples = g_adapted(z_eval.expand(args.n_models, -1, -1)).reshape(-1, 2)
     adapted_negative = negative_modes[nearest_mode(adapted_samples, centers)[0]]
     stage1 = {"negative_share": 100.0 * adapted_negative.float().mean().item(), "d0": adapted.d0,
               "spread": adapted.spread, "seconds": adapted_seconds}
 
     results, rows = {}, []  # rows: (label, samples, metrics), one per figure row
-    for method in methods:
-        if method == "extrapolation":
-            results[method] = {}
-            for gamma in args.gammas:
+    for run in runs:
+        if run == "extrapolation":
+            results[run] = {}
+            for gamma in args.gamma:
                 start = time.perf_counter()
                 g_extrapolated = make_generator(args)
-                g_extrapolated.load_state_dict(utils.extrapolate(g.state_dict(), theta_neg_states, gamma))
+                g_extrapolated.load_state_dict(method.extrapolate(g.state_dict(), theta_neg_states, gamma))
                 seconds = time.perf_counter() - start
                 samples = samples_of(g_extrapolated, z_eval)
                 metrics = dict(score(samples, pretrained), seconds=seconds)
                 metrics["distance"] = adapted.relative_distance(list(g_extrapolated.parameters())).item()
-                results[method][f"{gamma:g}"] = metrics
+                results[run][f"{gamma:g}"] = metrics
                 rows.append((f"extrap. gamma={gamma:g}", samples, metrics))
             continue
         utils.seed_everything(args.seed + 1)  # every Stage-2 run sees the same noise: paired comparisons
         start = time.perf_counter()
-        g_unlearned = unlearn(args, g, d, positives, adapted, method)
+        g_unlearned = unlearn(args, g, d, positives, adapted, run)
         seconds = time.perf_counter() - start
         samples = samples_of(g_unlearned, z_eval)
         metrics = dict(score(samples, pretrained), seconds=seconds,
                        distance=adapted.relative_distance(list(g_unlearned.parameters())).item())
-        results[method] = metrics
-        rows.append((method if method != "none" else "none (ablation)", samples, metrics))
+        results[run] = metrics
+        rows.append((run if run != "finetune" else "finetune (ablation)", samples, metrics))
 
-    config = dict(vars(args), methods=methods, n_negative_feedback=len(negatives),
+    config = dict(vars(args), runs=runs, mu={loss: repulsion_mu(args, loss) for loss in runs if loss in DEFAULT_MU},
+                  n_negative_feedback=len(negatives),
                   n_positive_feedback=len(positives), mmd_bandwidths=[b * args.std for b in MMD_BANDWIDTHS])
     record = {"config": config, "pretrained": pretrained, "adapted": stage1, "methods": results}
     text = json.dumps(record, indent=2)
@@ -442,40 +496,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
-    parser.add_argument("--out", type=str, default="runs/mog_toy", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
-    parser.add_argument("--methods", nargs="+", default=["el2"], choices=list(ALL_METHODS) + ["all"],
-                        help="what to run after Stage 1; all = el2 nl2 il2 none extrapolation")
-    parser.add_argument("--n_modes", type=int, default=8, help="Gaussians on the circle")
-    parser.add_argument("--radius", type=float, default=2.0, help="radius of the circle of modes")
-    parser.add_argument("--std", type=float, default=0.05, help="standard deviation of each Gaussian")
-    parser.add_argument("--negative", type=int, nargs="+", default=[0, 1], help="modes the user marks negative")
-    parser.add_argument("--n_feedback", type=int, default=1000, help="samples of the pre-trained G the user labels")
-    parser.add_argument("--k", type=int, default=5, help="adapted generators in Stage 1")
-    parser.add_argument("--z_dim", type=int, default=8, help="latent dimension")
-    parser.add_argument("--g_width", type=int, default=64, help="hidden width of G")
-    parser.add_argument("--g_layers", type=int, default=4, help="hidden layers of G")
-    parser.add_argument("--d_width", type=int, default=128, help="hidden width of D")
-    parser.add_argument("--d_layers", type=int, default=3, help="hidden layers of D")
-    parser.add_argument("--batch", type=int, default=256, help="batch size (per copy)")
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate of G and D in pre-training")
-    parser.add_argument("--stage_lr", type=float, default=1e-3, help="Adam learning rate in Stages 1 and 2")
-    parser.add_argument("--r1", type=float, default=0.1, help="R1 gradient penalty weight on D (real points), all stages")
-    parser.add_argument("--r1_every", type=int, default=4, help="apply R1 every this many D steps (lazy)")
-    parser.add_argument("--pretrain_iter", type=int, default=5000, help="pre-training iterations")
-    parser.add_argument("--adapt_iter", type=int, default=300, help="Stage-1 iterations")
-    parser.add_argument("--unlearn_iter", type=int, default=1000, help="Stage-2 iterations")
-    parser.add_argument("--fisher_samples", type=int, default=256, help="generated samples for the Fisher")
-    parser.add_argument("--ewc_weight", type=float, default=1e3, help="λ of the EWC penalty (Stage 1)")
-    parser.add_argument("--el2_mu", type=float, default=1.0, help="μ of EL2 = μ·exp(−α·d)")
-    parser.add_argument("--el2_alpha", type=float, default=1.0, help="α of EL2 (d relative: 1 at θ_G)")
-    parser.add_argument("--il2_mu", type=float, default=1.0, help="μ of IL2 = μ/d")
-    parser.add_argument("--nl2_mu", type=float, default=0.01, help="μ of NL2 = −μ·d (unbounded: keep it small)")
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0],
-                        help="extrapolation factors γ in θ_G + γ(θ_G − mean θ_N); γ > 0 moves away")
-    parser.add_argument("--n_eval", type=int, default=10_000, help="fixed latents (and reference points) for the metrics")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (small nets: 1 is fastest)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
-    utils.run_cli(main, args)
+    utils.run_cli(main, create_argparser().parse_args())

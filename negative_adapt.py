@@ -16,13 +16,17 @@ OUT/feedback.png (negatives framed in red), OUT/adapted_{j}.pt for j = 0..k-1 (�
 g_ema), a sample grid per adapted model and OUT/args.json.
 """
 
-import argparse
 import math
 import os
 import re
 
 import torch
+from PIL import Image, ImageDraw
 
+import checkpoint
+import gan
+import method
+import metrics
 import utils
 
 SHEET_COLUMNS = 10
@@ -49,8 +53,6 @@ def read_marked(args, n):
 
 def write_contact_sheets(images, out):
     """Numbered pages of SHEET_ROWS x SHEET_COLUMNS samples (index under each), as PNG files."""
-    from PIL import Image, ImageDraw
-
     tiles = utils.to_uint8(images).permute(0, 2, 3, 1).numpy()
     size = tiles.shape[1]
     scale = max(1, 64 // size)  # small images are enlarged so the digits of the index fit
@@ -81,9 +83,10 @@ def save_feedback_grid(images, negative, path, n_show=64):
 
 
 def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
-    """Generate the pool of --n_feedback samples and label it; returns the feedback dict."""
+    """Generate the pool of --n_feedback samples and label it; returns checkpoint.save_feedback's
+    arguments as a dict."""
     zs, images = [], []
-    for z, batch in utils.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
+    for z, batch in metrics.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
                                           desc="feedback samples"):
         zs.append(z)
         images.append(batch.cpu())
@@ -92,9 +95,9 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
 
     if oracle is not None:
         classifier, meta, index, name = oracle
-        logits = torch.cat([utils.classify(classifier, meta, utils.from_uint8(images_uint8[i:i + args.batch_eval]))
+        logits = torch.cat([metrics.classify(classifier, meta, utils.from_uint8(images_uint8[i:i + args.batch_eval]))
                             for i in range(0, len(images_uint8), args.batch_eval)])
-        negative = utils.negative_mask(logits, meta, index).cpu()
+        negative = metrics.negative_mask(logits, meta, index).cpu()
         labelled_by = {"oracle": os.path.abspath(args.classifier), "negative": name}
     else:
         negative = torch.zeros(len(images_uint8), dtype=torch.bool)
@@ -108,9 +111,8 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
         raise utils.UserError(f"the feedback has {which} sample ({n_neg} negatives, {len(negative) - n_neg} "
                               f"positives of {len(negative)}); the method needs both: raise --n_feedback"
                               + (" or check --negative" if args.classifier else " or mark differently"))
-    return {"kind": "feedback", "images": images_uint8, "z": z, "negative": negative,
-            "labelled_by": labelled_by, "generator_fingerprint": fingerprint,
-            "feedback_seed": args.feedback_seed, "args": utils.plain_args(args),
+    return {"images": images_uint8, "z": z, "negative": negative, "labelled_by": labelled_by,
+            "fingerprint": fingerprint, "feedback_seed": args.feedback_seed, "args": checkpoint.plain_args(args),
             "sources": {"ckpt": os.path.abspath(args.ckpt)}}
 
 
@@ -118,21 +120,21 @@ def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_
     """Stage 1 for adapted model j: from θ_G (g_ema) and D, train on the negatives with the
     adversarial loss + EWC. Returns its networks and running path length."""
     utils.seed_everything(args.seed + j)
-    nets = utils.build_stylegan2(model_args)
+    nets = checkpoint.build_stylegan2(model_args)
     nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
     nets["g_ema"].load_state_dict(pretrained["g_ema"].state_dict())
     nets["d"].load_state_dict(pretrained["d"].state_dict())
     for net in nets.values():
         net.to(device)
     nets["g_ema"].eval()
-    g_optim, d_optim = utils.make_optimizers(nets["g"], nets["d"], args)
+    g_optim, d_optim = gan.make_optimizers(nets["g"], nets["d"], args)
 
     def ewc(g):
-        return utils.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
+        return method.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
 
-    gan_step = utils.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
+    gan_step = gan.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
                              mean_path_length=mean_path_length, device=device)
-    utils.run_gan_training(gan_step, utils.random_batches(negatives, args.batch, device), 0, args.iter,
+    gan.run_gan_training(gan_step, gan.random_batches(negatives, args.batch, device), 0, args.iter,
                            args.log_every, desc=f"adapted {j}: ")
     return nets, float(gan_step.mean_path_length)
 
@@ -140,86 +142,13 @@ def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_
 def negative_share(g, classifier, meta, index, n, seed, batch, device):
     """% of n samples of g that the oracle calls negative."""
     count = 0
-    for _, images in utils.generate_images(g, n, seed, batch, device):
-        count += int(utils.negative_mask(utils.classify(classifier, meta, images), meta, index).sum())
+    for _, images in metrics.generate_images(g, n, seed, batch, device):
+        count += int(metrics.negative_mask(metrics.classify(classifier, meta, images), meta, index).sum())
     return 100.0 * count / n
 
 
-def main(args):
-    if args.classifier is None and not args.contact_sheet and args.marked is None and args.marked_file is None:
-        raise utils.UserError("say who labels the samples: --classifier with --negative, or --contact_sheet "
-                              "and then --marked / --marked_file")
-    if args.classifier is not None and args.negative is None:
-        raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
-    if args.n_models < 1:
-        raise utils.UserError("--n_models must be at least 1")
-    device = args.device
-    # the oracle and --negative are checked before anything is generated or written
-    oracle = None
-    if args.classifier is not None:
-        classifier, meta = utils.load_classifier(args.classifier, device)
-        oracle = (classifier, meta, *utils.resolve_negative(meta, args.negative))
-    pretrained, ckpt = utils.load_stylegan2(args.ckpt, device=device)
-    model_args = ckpt["model_args"]
-    if oracle is not None:
-        utils.check_classifier_fits(meta, model_args["size"])
-    utils.prepare_out_dir(args.out)
-    g_ema = pretrained["g_ema"].eval()
-    fingerprint = utils.state_fingerprint(ckpt["g_ema"])
-    utils.write_args_json(args.out, args)
-
-    if args.contact_sheet:
-        images = torch.cat([batch.cpu() for _, batch in utils.generate_images(
-            g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
-        paths = write_contact_sheets(images, args.out)
-        print(f"wrote {len(paths)} contact sheets ({paths[0]} ...). Note the numbers of the undesired samples, "
-              f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
-        return
-
-    marked = read_marked(args, args.n_feedback) if args.classifier is None else None
-    # the Fisher depends on θ_G and D only: computed once, before the feedback is written
-    utils.seed_everything(args.seed)
-    g_for_fisher = pretrained["g"]
-    g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
-    fisher = [f.to(device) for f in utils.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
-    theta_g = [p.detach().clone() for p in g_ema.parameters()]
-
-    feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
-    feedback_path = os.path.join(args.out, "feedback.pt")
-    utils.save_checkpoint(feedback, feedback_path)
-    negative = feedback["negative"]
-    save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
-    print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)} "
-          f"-> {feedback_path}")
-    negatives = feedback["images"][negative]  # uint8, as the user saw them
-
-    sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
-    for j in range(args.n_models):
-        nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
-                                           ckpt.get("mean_path_length", 0.0), device)
-        method = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
-                  "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
-                  "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
-        path = os.path.join(args.out, f"adapted_{j}.pt")
-        sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
-        utils.save_checkpoint(utils.stylegan2_checkpoint(nets, model_args, args, args.iter, sources, method=method,
-                                                         mean_path_length=mean_path_length),
-                              path)
-        with torch.no_grad():
-            images, _ = nets["g_ema"]([sample_z.to(device)], randomize_noise=False)
-        utils.save_image_grid(images, os.path.join(args.out, f"adapted_{j}.png"), nrow=int(math.sqrt(args.n_sample)))
-        line = f"wrote {path}"
-        if oracle is not None:
-            classifier, meta, index, name = oracle
-            share = negative_share(nets["g_ema"], classifier, meta, index, args.n_check, args.seed + 1000,
-                                   args.batch_eval, device)
-            line += f"; {share:.1f}% of {args.n_check} samples are '{name}' (the pre-trained model: " \
-                    f"{100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
-        print(line)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
+def create_argparser():
+    parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
     parser.add_argument("--out", default="runs/adapt", help="output folder")
     parser.add_argument("--n_feedback", type=int, default=1000, help="samples shown to the user (the paper: 1000)")
@@ -235,11 +164,85 @@ if __name__ == "__main__":
     parser.add_argument("--ewc_lambda", type=float, default=5e8,
                         help="λ of the EWC penalty λ·Σ F (θ − θ_G)² (paper: 5e8; the official code's (λ/2)·Σ with 5e8 is 2.5e8 here)")
     parser.add_argument("--fisher_samples", type=int, default=32, help="generated samples for the Fisher diagonal (multiple of 4)")
-    utils.add_gan_training_args(parser)
-    parser.add_argument("--n_check", type=int, default=500, help="with --classifier: samples per adapted model to check its negative share")
+    gan.add_gan_training_args(parser)
+    parser.add_argument("--n_eval", type=int, default=500,
+                        help="with --classifier: samples per adapted model whose negative share is printed")
     parser.add_argument("--n_sample", type=int, default=64, help="images in each adapted model's sample grid")
     parser.add_argument("--batch_eval", type=int, default=100, help="batch size for generating and classifying")
     parser.add_argument("--log_every", type=int, default=10, help="progress bar update (and NaN check) every this many steps")
     parser.add_argument("--seed", type=int, default=0, help="random seed (adapted model j uses seed + j)")
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
-    utils.run_cli(main, parser.parse_args())
+    return parser
+
+
+def main(args):
+    if args.classifier is None and not args.contact_sheet and args.marked is None and args.marked_file is None:
+        raise utils.UserError("say who labels the samples: --classifier with --negative, or --contact_sheet "
+                              "and then --marked / --marked_file")
+    if args.classifier is not None and args.negative is None:
+        raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
+    if args.n_models < 1:
+        raise utils.UserError("--n_models must be at least 1")
+    device = args.device
+    # the oracle and --negative are checked before anything is generated or written
+    oracle = None
+    if args.classifier is not None:
+        classifier, meta = checkpoint.load_classifier(args.classifier, device)
+        oracle = (classifier, meta, *metrics.resolve_negative(meta, args.negative))
+    pretrained, ckpt = checkpoint.load_stylegan2(args.ckpt, device=device)
+    model_args = ckpt["model_args"]
+    if oracle is not None:
+        metrics.check_classifier_fits(meta, model_args["size"])
+    utils.prepare_out_dir(args.out)
+    g_ema = pretrained["g_ema"].eval()
+    fingerprint = checkpoint.state_fingerprint(ckpt["g_ema"])
+    utils.write_args_json(args.out, args)
+
+    if args.contact_sheet:
+        images = torch.cat([batch.cpu() for _, batch in metrics.generate_images(
+            g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
+        paths = write_contact_sheets(images, args.out)
+        print(f"wrote {len(paths)} contact sheets ({paths[0]} ...). Note the numbers of the undesired samples, "
+              f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
+        return
+
+    marked = read_marked(args, args.n_feedback) if args.classifier is None else None
+    # the Fisher depends on θ_G and D only: computed once, before the feedback is written
+    utils.seed_everything(args.seed)
+    g_for_fisher = pretrained["g"]
+    g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
+    fisher = [f.to(device) for f in gan.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
+    theta_g = [p.detach().clone() for p in g_ema.parameters()]
+
+    feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
+    feedback_path = checkpoint.save_feedback(os.path.join(args.out, "feedback.pt"), **feedback)
+    negative = feedback["negative"]
+    save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
+    print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)} "
+          f"-> {feedback_path}")
+    negatives = feedback["images"][negative]  # uint8, as the user saw them
+
+    sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
+    for j in range(args.n_models):
+        nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
+                                           ckpt.get("mean_path_length", 0.0), device)
+        record = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
+                  "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
+                  "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
+        path = os.path.join(args.out, f"adapted_{j}.pt")
+        sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
+        checkpoint.save_generator(path, nets, model_args, args, args.iter, sources, method=record,
+                                  mean_path_length=mean_path_length)
+        gan.save_samples(nets["g_ema"], sample_z.to(device), os.path.join(args.out, f"adapted_{j}.png"))
+        line = f"wrote {path}"
+        if oracle is not None:
+            classifier, meta, index, name = oracle
+            share = negative_share(nets["g_ema"], classifier, meta, index, args.n_eval, args.seed + 1000,
+                                   args.batch_eval, device)
+            line += f"; {share:.1f}% of {args.n_eval} samples are '{name}' (the pre-trained model: " \
+                    f"{100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
+        print(line)
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, create_argparser().parse_args())

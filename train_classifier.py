@@ -10,7 +10,7 @@ network with one logit per attribute (paper: ResNeXt-50, Adamax). No pretrained 
 networks start from scratch, offline.
 
 The datasets yield images as the generator makes them ([-1, 1], 3 channels, at --size); every batch
-goes through utils.to_classifier_input, the same conversion later stages apply to generated
+goes through metrics.to_classifier_input, the same conversion later stages apply to generated
 images, so the classifier is tested on what it was trained on. Writes OUT/classifier.pt (kind
 "classifier": weights, arch, classes or attributes, input size, channels, normalisation, test
 accuracy) and OUT/args.json. The model kept is the last epoch's: the test split is never used
@@ -29,43 +29,41 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+import checkpoint
+import dataset
+import metrics
 import utils
 from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
-# Per-dataset defaults (any flag given on the command line wins); celeba follows paper A.2, mnist
-# trains longer than A.2 (see the docstring).
-DATASET_DEFAULTS = {
-    "mnist": dict(arch="lenet", size=32, batch=64, epochs=20, optim="adam", translate=2),
-    "folder": dict(arch="resnet50", size=256, batch=64, epochs=10, optim="adam", translate=0),
-    "celeba": dict(arch="resnext50_32x4d", size=256, batch=64, epochs=10, optim="adamax", translate=0),
-    "synthetic": dict(arch="lenet", size=16, batch=64, epochs=2, optim="adam", translate=0),
-}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
 
 def resolve_defaults(args):
-    """A copy of args with the flags left at None filled from DATASET_DEFAULTS and the arch."""
+    """A copy of args with the flags left at None filled from the dataset's registry entry
+    (dataset.DATASETS[...].classifier) and the arch."""
     resolved = argparse.Namespace(**vars(args))
-    for key, value in DATASET_DEFAULTS[args.dataset].items():
+    for key, value in dataset.DATASETS[args.dataset].classifier.items():
         if getattr(resolved, key) is None:
             setattr(resolved, key, value)
     if resolved.image_size is None:
         resolved.image_size = CLASSIFIERS[resolved.arch][1]
-    if resolved.channels is None:  # LeNet on MNIST reads gray digits; everything else RGB
-        resolved.channels = 1 if resolved.arch == "lenet" and args.dataset == "mnist" else 3
+    if resolved.channels is None:  # LeNet on grayscale data (MNIST) reads gray digits; everything else RGB
+        resolved.channels = 1 if resolved.arch == "lenet" and dataset.DATASETS[args.dataset].channels == 1 else 3
     return resolved
 
 
 def load_splits(args):
     """(train set, test set, dataset info); the test set is the dataset's own test split when it
     has one (mnist, synthetic), --test_data for folders, else a seeded --test_fraction hold-out."""
-    train, info = utils.load_dataset(args.dataset, args.data, args.size, train=True, attributes=args.attributes)
-    if args.dataset in ("mnist", "synthetic"):
-        test, _ = utils.load_dataset(args.dataset, args.data, args.size, train=False)
+    train, info = dataset.load_dataset(args.dataset, args.data, args.size, train=True, attributes=args.attributes)
+    test_split = dataset.DATASETS[args.dataset].test_split
+    if test_split == "own":
+        test, _ = dataset.load_dataset(args.dataset, args.data, args.size, train=False)
     elif args.test_data is not None:
-        if args.dataset != "folder":
-            raise utils.UserError("--test_data is for --dataset folder; CelebA holds out --test_fraction")
-        test, test_info = utils.load_dataset("folder", args.test_data, args.size, train=False)
+        if test_split != "folder":
+            raise utils.UserError(f"--test_data is for --dataset folder; --dataset {args.dataset} holds out "
+                                  "--test_fraction")
+        test, test_info = dataset.load_dataset(args.dataset, args.test_data, args.size, train=False)
         if test_info["classes"] != info["classes"]:
             raise utils.UserError(f"--test_data {args.test_data} has classes {test_info['classes']}, "
                                   f"--data has {info['classes']}")
@@ -79,13 +77,13 @@ def load_splits(args):
     return train, test, info
 
 
-def in_memory(dataset, args, desc):
+def in_memory(data, args, desc):
     """The whole dataset as uint8 tensors (exact: the images are 8-bit), decoded once instead of
     once per epoch; None when it would take more than --cache_gb."""
-    n_bytes = len(dataset) * 3 * args.size * args.size
+    n_bytes = len(data) * 3 * args.size * args.size
     if n_bytes > args.cache_gb * 2 ** 30:
         return None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=args.workers)
+    loader = torch.utils.data.DataLoader(data, batch_size=256, num_workers=args.workers)
     images, labels = [], []
     for x, y in tqdm(loader, desc=f"loading {desc} ({n_bytes / 2 ** 20:.0f} MB)", leave=False):
         images.append(utils.to_uint8(x))
@@ -99,10 +97,10 @@ def generator_space(images):
 
 
 def classifier_meta(args, info):
-    """The checkpoint fields that say how to feed the classifier (see utils.to_classifier_input)."""
+    """The checkpoint fields that say how to feed the classifier (see metrics.to_classifier_input)."""
     return {"arch": args.arch, "classes": info["classes"], "attributes": info["attributes"],
             "multilabel": info["multilabel"], "image_size": args.image_size, "channels": args.channels,
-            "normalization": utils.CLASSIFIER_NORMALIZATION[args.channels], "data_size": args.size}
+            "normalization": metrics.CLASSIFIER_NORMALIZATION[args.channels], "data_size": args.size}
 
 
 def augment(images, args):
@@ -137,10 +135,10 @@ def loss_and_correct(logits, labels, multilabel):
 def test_accuracy(model, loader, meta, device):
     """(accuracy in %, per class (recall) or per attribute accuracy in % as a dict)."""
     model.eval()
-    names = utils.class_names(meta)
+    names = checkpoint.class_names(meta)
     hits, totals = torch.zeros(len(names), dtype=torch.float64), torch.zeros(len(names), dtype=torch.float64)
     for images, labels in tqdm(loader, desc="test", leave=False):
-        logits = model(utils.to_classifier_input(generator_space(images.to(device)), meta)).cpu()
+        logits = model(metrics.to_classifier_input(generator_space(images.to(device)), meta)).cpu()
         if meta["multilabel"]:
             hits += ((logits >= 0) == (labels > 0.5)).sum(0)
             totals += len(labels)
@@ -165,7 +163,7 @@ def train(args, model, meta, train_loader, device):
         for images, labels in bar:
             images, labels = generator_space(images.to(device)), labels.to(device)
             images = augment(images, args)
-            logits = model(utils.to_classifier_input(images, meta))
+            logits = model(metrics.to_classifier_input(images, meta))
             loss, hits, count = loss_and_correct(logits, labels, meta["multilabel"])
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,68 +175,10 @@ def train(args, model, meta, train_loader, device):
     return model.eval()
 
 
-def main(args):
-    args = resolve_defaults(args)
-    if args.epochs < 1 or args.batch < 1:
-        raise utils.UserError("--epochs and --batch must be at least 1")
-    if args.members < 1:
-        raise utils.UserError("--members must be at least 1")
-    utils.seed_everything(args.seed)
-    utils.prepare_out_dir(args.out)
-    utils.write_args_json(args.out, args)
-
-    train_set, test_set, info = load_splits(args)
-    meta = classifier_meta(args, info)
-    names = utils.class_names(meta)
-    print(f"{args.arch} on {args.dataset}: {len(train_set)} train / {len(test_set)} test images, "
-          f"{len(names)} {'attributes' if meta['multilabel'] else 'classes'}, input "
-          f"{args.channels}x{args.image_size}x{args.image_size} from {args.size} px data"
-          + (f", {args.members} members (seeds {args.seed}..{args.seed + args.members - 1})" if args.members > 1 else ""))
-
-    cached = in_memory(train_set, args, "train set"), in_memory(test_set, args, "test set")
-    train_set = train_set if cached[0] is None else cached[0]
-    test_set = test_set if cached[1] is None else cached[1]
-    loader_args = dict(batch_size=args.batch, num_workers=args.workers)
-    test_loader = torch.utils.data.DataLoader(test_set, shuffle=False, **loader_args)
-    members, member_accuracy = [], []
-    for i in range(args.members):
-        # seeded after the data is loaded: member i is the network --seed seed+i alone trains on this split
-        seed = args.seed + i
-        utils.seed_everything(seed)
-        try:
-            model = build_classifier(args.arch, len(names), args.channels).to(args.device)
-        except ValueError as err:
-            raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
-        train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
-                                                   generator=torch.Generator().manual_seed(seed), **loader_args)
-        members.append(train(args, model, meta, train_loader, args.device))
-        if args.members > 1:
-            member_accuracy.append(test_accuracy(members[-1], test_loader, meta, args.device)[0])
-            print(f"member {i} (seed {seed}): test accuracy {member_accuracy[-1]:.2f}%")
-    model = members[0] if args.members == 1 else ClassifierEnsemble(members, meta["multilabel"]).eval()
-
-    accuracy, per_name = test_accuracy(model, test_loader, meta, args.device)
-    per_key = "test_accuracy_per_attribute" if meta["multilabel"] else "test_accuracy_per_class"
-    ensemble = {"members": args.members, "member_test_accuracy": member_accuracy} if args.members > 1 else {}
-    ckpt = {"kind": "classifier", "model": model.state_dict(), **meta, **ensemble, "test_accuracy": accuracy,
-            per_key: per_name, "test_count": len(test_set), "epochs": args.epochs,
-            "args": utils.plain_args(args),
-            "sources": {"data": os.path.abspath(args.data) if args.dataset != "synthetic" else "synthetic",
-                        "test_data": args.test_data}}
-    path = os.path.join(args.out, "classifier.pt")
-    utils.save_checkpoint(ckpt, path)
-    print(f"test accuracy {accuracy:.2f}% on {len(test_set)} images"
-          + (" (mean over attributes)" if meta["multilabel"] else ""))
-    print("  " + ", ".join(f"{name} {value:.1f}%" for name, value in per_name.items()))
-    print(f"saved {path}")
-    return ckpt
-
-
-if __name__ == "__main__":
+def create_argparser():
     archs = "; ".join(f"{name}: {desc}, {size} px" for name, (_, size, desc) in CLASSIFIERS.items())
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=utils.HelpFormatter)
-    utils.add_data_args(parser, exclude=False)
+    parser = utils.make_parser(__doc__)
+    dataset.add_data_args(parser, exclude=False)
     parser.add_argument("--test_data", default=None,
                         help="folder: a separate folder of the same classes for the test (e.g. AFHQ val)")
     parser.add_argument("--test_fraction", type=float, default=0.1,
@@ -270,4 +210,62 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
     parser.add_argument("--out", default="runs/classifier", help="output folder for classifier.pt and args.json")
-    utils.run_cli(main, parser.parse_args())
+    return parser
+
+
+def main(args):
+    args = resolve_defaults(args)
+    if args.epochs < 1 or args.batch < 1:
+        raise utils.UserError("--epochs and --batch must be at least 1")
+    if args.members < 1:
+        raise utils.UserError("--members must be at least 1")
+    utils.seed_everything(args.seed)
+    utils.prepare_out_dir(args.out)
+    utils.write_args_json(args.out, args)
+
+    train_set, test_set, info = load_splits(args)
+    meta = classifier_meta(args, info)
+    names = checkpoint.class_names(meta)
+    print(f"{args.arch} on {args.dataset}: {len(train_set)} train / {len(test_set)} test images, "
+          f"{len(names)} {'attributes' if meta['multilabel'] else 'classes'}, input "
+          f"{args.channels}x{args.image_size}x{args.image_size} from {args.size} px data"
+          + (f", {args.members} members (seeds {args.seed}..{args.seed + args.members - 1})" if args.members > 1 else ""))
+
+    cached = in_memory(train_set, args, "train set"), in_memory(test_set, args, "test set")
+    train_set = train_set if cached[0] is None else cached[0]
+    test_set = test_set if cached[1] is None else cached[1]
+    loader_args = dict(batch_size=args.batch, num_workers=args.workers)
+    test_loader = torch.utils.data.DataLoader(test_set, shuffle=False, **loader_args)
+    members, member_accuracy = [], []
+    for i in range(args.members):
+        # seeded after the data is loaded: member i is the network --seed seed+i alone trains on this split
+        seed = args.seed + i
+        utils.seed_everything(seed)
+        try:
+            model = build_classifier(args.arch, len(names), args.channels).to(args.device)
+        except ValueError as err:
+            raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
+        train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
+                                                   generator=torch.Generator().manual_seed(seed), **loader_args)
+        members.append(train(args, model, meta, train_loader, args.device))
+        if args.members > 1:
+            member_accuracy.append(test_accuracy(members[-1], test_loader, meta, args.device)[0])
+            print(f"member {i} (seed {seed}): test accuracy {member_accuracy[-1]:.2f}%")
+    model = members[0] if args.members == 1 else ClassifierEnsemble(members, meta["multilabel"]).eval()
+
+    accuracy, per_name = test_accuracy(model, test_loader, meta, args.device)
+    per_key = "test_accuracy_per_attribute" if meta["multilabel"] else "test_accuracy_per_class"
+    ensemble = {"members": args.members, "member_test_accuracy": member_accuracy} if args.members > 1 else {}
+    fields = {**ensemble, "test_accuracy": accuracy, per_key: per_name, "test_count": len(test_set),
+              "epochs": args.epochs, "args": checkpoint.plain_args(args),
+              "sources": {"data": dataset.data_source(args.dataset, args.data), "test_data": args.test_data}}
+    path = checkpoint.save_classifier(os.path.join(args.out, "classifier.pt"), model, meta, **fields)
+    print(f"test accuracy {accuracy:.2f}% on {len(test_set)} images"
+          + (" (mean over attributes)" if meta["multilabel"] else ""))
+    print("  " + ", ".join(f"{name} {value:.1f}%" for name, value in per_name.items()))
+    print(f"saved {path}")
+    return {"kind": "classifier", "model": model.state_dict(), **meta, **fields}
+
+
+if __name__ == "__main__":
+    utils.run_cli(main, create_argparser().parse_args())

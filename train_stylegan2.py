@@ -5,20 +5,23 @@
     torchrun --nproc_per_node=4 train_stylegan2.py --dataset celeba --data celeba_hq/images \\
         --attributes CelebAMask-HQ-attribute-anno.txt --size 256 --style_dim 512 --out runs/celeba
 
-Writes OUT/checkpoint/{step:06d}.pt every --save_every steps and OUT/final.pt at the end
-(rosinality's keys g, d, g_ema, g_optim, d_optim plus kind, model_args, step, args, sources; later
-stages read the architecture from model_args), sample grids of a fixed latent batch to
+Writes OUT/checkpoint/{step:06d}.pt every --save_every steps and, at the end, OUT/pretrained.pt
+(OUT/retrained.pt with --exclude: the model trained without the class, the gold standard), all
+with rosinality's keys g, d, g_ema, g_optim, d_optim plus kind, model_args, step, args, sources
+(later stages read the architecture from model_args); sample grids of a fixed latent batch to
 OUT/sample/{step:06d}.png, and OUT/args.json. `--ckpt` resumes a run from any of its checkpoints
 (models, optimisers, EMA, step, random state).
 """
 
-import argparse
 import os
 import random
 
 import torch
 import torch.distributed as dist
 
+import checkpoint
+import dataset
+import gan
 import utils
 
 PAPER_MODEL_ARGS = dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512)
@@ -44,15 +47,20 @@ def setup_distributed(device):
 def build_or_resume(args):
     """(networks on the CPU, model_args, the resumed checkpoint or None). Resuming reads the
     architecture from the checkpoint; architecture flags that are given must agree with it."""
-    given = {k: getattr(args, k) for k in utils.MODEL_ARG_NAMES if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in checkpoint.MODEL_ARG_NAMES if getattr(args, k) is not None}
     if args.ckpt:
-        nets, resumed = utils.load_stylegan2(args.ckpt, expect_model_args=given)
+        nets, resumed = checkpoint.load_stylegan2(args.ckpt, expect_model_args=given)
         return nets, resumed["model_args"], resumed
     model_args = {**PAPER_MODEL_ARGS, **given}
     try:
-        return utils.build_stylegan2(model_args), model_args, None
+        return checkpoint.build_stylegan2(model_args), model_args, None
     except ValueError as err:
         raise utils.UserError(f"--size: {err}")
+
+
+def final_name(args):
+    """pretrained.pt, or retrained.pt for a run without a class (--exclude)."""
+    return "pretrained.pt" if args.exclude is None else "retrained.pt"
 
 
 def rng_state():
@@ -65,21 +73,19 @@ def set_rng_state(state):
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
 
 
-def make_loader(dataset, batch, workers, rank, world):
-    sampler = (torch.utils.data.distributed.DistributedSampler(dataset, world, rank, shuffle=True, drop_last=True)
-               if world > 1 else torch.utils.data.RandomSampler(dataset))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
+def make_loader(images, batch, workers, rank, world):
+    sampler = (torch.utils.data.distributed.DistributedSampler(images, world, rank, shuffle=True, drop_last=True)
+               if world > 1 else torch.utils.data.RandomSampler(images))
+    loader = torch.utils.data.DataLoader(images, batch_size=batch, sampler=sampler, drop_last=True,
                                          num_workers=workers, persistent_workers=workers > 0)
     if len(loader) == 0:
-        raise utils.UserError(f"{len(dataset)} images cannot fill one batch of {batch} per process; lower --batch")
-    return utils.infinite_loader(loader, sampler)
+        raise utils.UserError(f"{len(images)} images cannot fill one batch of {batch} per process; lower --batch")
+    return dataset.infinite_loader(loader, sampler)
 
 
 def save(path, nets, optimizers, model_args, args, step, sources, gan_step):
-    ckpt = utils.stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers,
-                                      mean_path_length=gan_step.mean_path_length)
-    ckpt["rng"] = rng_state()
-    utils.save_checkpoint(ckpt, path)
+    return checkpoint.save_generator(path, nets, model_args, args, step, sources, optimizers,
+                                     mean_path_length=gan_step.mean_path_length, rng=rng_state())
 
 
 def train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,
@@ -88,7 +94,7 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
     if world > 1:  # same starting weights everywhere; GANStep then averages the gradients
         for tensor in list(g.state_dict().values()) + list(d.state_dict().values()) + list(g_ema.state_dict().values()):
             dist.broadcast(tensor, 0)
-    gan_step = utils.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"],
+    gan_step = gan.GANStep(g, d, g_ema, args, optimizers["g_optim"], optimizers["d_optim"],
                              mean_path_length=mean_path_length, device=device)
 
     def next_batch():
@@ -96,24 +102,43 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
         return real.to(device, non_blocking=True)
 
     def sample(done):
-        with torch.no_grad():
-            images, _ = g_ema([sample_z], randomize_noise=False)
-        utils.save_image_grid(images, os.path.join(args.out, "sample", f"{done:06d}.png"),
-                              nrow=int(len(sample_z) ** 0.5))
+        gan.save_samples(g_ema, sample_z, os.path.join(args.out, "sample", f"{done:06d}.png"))
 
     def save_checkpoint(done):
         path = os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
-        save(path, nets, optimizers, model_args, args, done, sources, gan_step)
-        return path
+        return save(path, nets, optimizers, model_args, args, done, sources, gan_step)
 
-    utils.run_gan_training(gan_step, next_batch, start, args.iter, args.log_every,
-                           sample if rank == 0 else None, args.sample_every,
-                           save_checkpoint if rank == 0 else None, args.save_every,
-                           last_good=args.ckpt, show=rank == 0)
+    gan.run_gan_training(gan_step, next_batch, start, args.iter, args.log_every,
+                         sample if rank == 0 else None, args.sample_every,
+                         save_checkpoint if rank == 0 else None, args.save_every,
+                         last_good=args.ckpt, show=rank == 0)
     if rank == 0:
-        final = os.path.join(args.out, "final.pt")
+        final = os.path.join(args.out, final_name(args))
         save(final, nets, optimizers, model_args, args, args.iter, sources, gan_step)
         print(f"wrote {final}")
+
+
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    dataset.add_data_args(parser)
+    parser.add_argument("--out", default="runs/stylegan2", help="output folder")
+    parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
+    parser.add_argument("--ckpt", default=None, help="resume from this checkpoint of a run (architecture is read from it)")
+    parser.add_argument("--size", type=int, default=None, help="image size, a power of two (default 32)")
+    parser.add_argument("--style_dim", type=int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
+    parser.add_argument("--n_mlp", type=int, default=None, help="mapping network layers (default 8)")
+    parser.add_argument("--channel_multiplier", type=int, default=None, help="channel multiplier (default 2, config-f)")
+    parser.add_argument("--channel_max", type=int, default=None,
+                        help="cap on every layer's width (default 512 = rosinality's networks; e.g. 64 on a CPU)")
+    gan.add_gan_training_args(parser)
+    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
+    parser.add_argument("--sample_every", type=int, default=1000, help="save a sample grid every this many steps")
+    parser.add_argument("--save_every", type=int, default=10000, help="save a checkpoint every this many steps")
+    parser.add_argument("--log_every", type=int, default=10, help="update the progress bar (and check for NaN) every this many steps")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu (default: cuda when available)")
+    return parser
 
 
 def main(args):
@@ -131,7 +156,7 @@ def main(args):
     for net in nets.values():
         net.to(device)
     nets["g_ema"].eval()
-    optimizers = dict(zip(("g_optim", "d_optim"), utils.make_optimizers(nets["g"], nets["d"], args)))
+    optimizers = dict(zip(("g_optim", "d_optim"), gan.make_optimizers(nets["g"], nets["d"], args)))
 
     start, mean_path_length = 0, 0.0
     if resumed is not None:
@@ -152,14 +177,14 @@ def main(args):
     else:
         utils.seed_everything(args.seed + rank + 1)  # different noise per process
 
-    dataset, info = utils.load_dataset(args.dataset, args.data, model_args["size"], train=True,
-                                       attributes=args.attributes, exclude=args.exclude, verbose=rank == 0)
+    images, info = dataset.load_dataset(args.dataset, args.data, model_args["size"], train=True,
+                                        attributes=args.attributes, exclude=args.exclude, verbose=rank == 0)
     if rank == 0:
         print(f"{args.dataset}: {info['kept']} training images at {model_args['size']} px; "
-              f"model {utils.describe_model_args(model_args)}")
+              f"model {checkpoint.describe_model_args(model_args)}")
         utils.write_args_json(args.out, args)
-    data = make_loader(dataset, args.batch // world, args.workers, rank, world)
-    sources = {"data": os.path.abspath(args.data) if args.dataset != "synthetic" else "synthetic"}
+    data = make_loader(images, args.batch // world, args.workers, rank, world)
+    sources = {"data": dataset.data_source(args.dataset, args.data)}
     if args.attributes:
         sources["attributes"] = os.path.abspath(args.attributes)
     if args.ckpt:
@@ -174,23 +199,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=utils.HelpFormatter)
-    utils.add_data_args(parser)
-    parser.add_argument("--out", default="runs/stylegan2", help="output folder")
-    parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
-    parser.add_argument("--ckpt", default=None, help="resume from this checkpoint of a run (architecture is read from it)")
-    parser.add_argument("--size", type=int, default=None, help="image size, a power of two (default 32)")
-    parser.add_argument("--style_dim", type=int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
-    parser.add_argument("--n_mlp", type=int, default=None, help="mapping network layers (default 8)")
-    parser.add_argument("--channel_multiplier", type=int, default=None, help="channel multiplier (default 2, config-f)")
-    parser.add_argument("--channel_max", type=int, default=None,
-                        help="cap on every layer's width (default 512 = rosinality's networks; e.g. 64 on a CPU)")
-    utils.add_gan_training_args(parser)
-    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
-    parser.add_argument("--sample_every", type=int, default=1000, help="save a sample grid every this many steps")
-    parser.add_argument("--save_every", type=int, default=10000, help="save a checkpoint every this many steps")
-    parser.add_argument("--log_every", type=int, default=10, help="update the progress bar (and check for NaN) every this many steps")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu (default: cuda when available)")
-    utils.run_cli(main, parser.parse_args())
+    utils.run_cli(main, create_argparser().parse_args())

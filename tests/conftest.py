@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import sys
 
@@ -5,9 +7,30 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import utils  # noqa: E402
 
 # The in-process tests run tiny tensors, for which OpenMP threads waiting on each other cost more
 # than they save (several times slower on a busy 2-core machine); one thread changes no result.
 # Scripts the tests start as subprocesses keep torch's default.
 torch.set_num_threads(1)
+
+
+def run_main(script, *argv):
+    """Run a script in-process as its command line would: main(create_argparser().parse_args(argv))."""
+    return script.main(script.create_argparser().parse_args([str(a) for a in argv]))
+
+
+def cli_error(script, *argv):
+    """Run a script in-process through its CLI wrapper (utils.run_cli) and return the error line it
+    ends with; the wrapper must exit with status 2 and print no traceback."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stderr(stderr):
+        utils.run_cli(script.main, script.create_argparser().parse_args([str(a) for a in argv]))
+    text = stderr.getvalue()
+    assert exit_info.value.code == 2 and "Traceback" not in text, text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("error: "), text
+    return last

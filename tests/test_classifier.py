@@ -1,6 +1,5 @@
 """train_classifier.py and the classifier helpers of utils.py: preprocessing, checkpoints, decisions."""
 
-import argparse
 import os
 import subprocess
 import sys
@@ -11,6 +10,9 @@ import torch
 from PIL import Image
 
 import train_classifier
+import checkpoint
+import dataset
+import metrics
 import utils
 from model import CLASSIFIERS, build_classifier
 
@@ -19,12 +21,13 @@ MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")
 
 
 def train_args(out, **overrides):
-    args = dict(dataset="synthetic", data="unused", attributes=None, test_data=None, test_fraction=0.25,
-                arch=None, size=None, image_size=None, channels=None, batch=None, epochs=None, optim=None,
-                lr=2e-3, hflip=False, translate=None, workers=0, cache_gb=2, members=1, seed=0, device="cpu",
-                out=str(out))
-    args.update(overrides)
-    return argparse.Namespace(**args)
+    args = train_classifier.create_argparser().parse_args(["--dataset", "synthetic", "--data", "unused",
+                                                           "--test_fraction", "0.25", "--device", "cpu",
+                                                           "--out", str(out)])
+    for key, value in overrides.items():
+        assert hasattr(args, key), key
+        setattr(args, key, value)
+    return args
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def test_uint8_round_trip_is_exact():
     # a real dataset image in generator space quantises back to its own bytes
     digit = (np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)
     pil = Image.fromarray(digit, mode="L")
-    x = utils.to_generator_space(28, 1)(pil)  # [3, 28, 28] in [-1, 1]
+    x = dataset.to_generator_space(28, 1)(pil)  # [3, 28, 28] in [-1, 1]
     assert torch.equal(utils.to_uint8(x)[0], torch.from_numpy(digit))
 
 
@@ -54,32 +57,32 @@ def test_classifier_input_matches_the_classic_mnist_pipeline():
 
     digit = (np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)
     pil = Image.fromarray(digit, mode="L")
-    meta = {"channels": 1, "image_size": 32, "normalization": utils.CLASSIFIER_NORMALIZATION[1]}
-    ours = utils.to_classifier_input(utils.to_generator_space(32, 1)(pil)[None], meta)
-    norm = utils.CLASSIFIER_NORMALIZATION[1]
+    meta = {"channels": 1, "image_size": 32, "normalization": metrics.CLASSIFIER_NORMALIZATION[1]}
+    ours = metrics.to_classifier_input(dataset.to_generator_space(32, 1)(pil)[None], meta)
+    norm = metrics.CLASSIFIER_NORMALIZATION[1]
     classic = transforms.Normalize(norm["mean"], norm["std"])(transforms.ToTensor()(pil))[None]
     assert ours.shape == (1, 1, 32, 32)
     torch.testing.assert_close(ours, classic, atol=1e-5, rtol=0)
 
 
 def test_classifier_input_rgb_resize_and_normalisation():
-    meta = {"channels": 3, "image_size": 32, "normalization": utils.CLASSIFIER_NORMALIZATION[3]}
+    meta = {"channels": 3, "image_size": 32, "normalization": metrics.CLASSIFIER_NORMALIZATION[3]}
     images = torch.full((2, 3, 16, 16), 0.5)
     images[:, 1] = -0.25
-    out = utils.to_classifier_input(images, meta)
+    out = metrics.to_classifier_input(images, meta)
     assert out.shape == (2, 3, 32, 32)
     mean, std = (torch.tensor(meta["normalization"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     expected = (((images[:, :, :1, :1] + 1) / 2) - mean) / std
     torch.testing.assert_close(out, expected.expand_as(out), atol=1e-5, rtol=0)
     # values outside [-1, 1] are clamped, as a saved image would be
-    torch.testing.assert_close(utils.to_classifier_input(images * 4, meta)[:, 0],
-                               utils.to_classifier_input(torch.ones(2, 3, 16, 16), meta)[:, 0])
+    torch.testing.assert_close(metrics.to_classifier_input(images * 4, meta)[:, 0],
+                               metrics.to_classifier_input(torch.ones(2, 3, 16, 16), meta)[:, 0])
 
 
 def test_luma_grayscale_weights():
     meta = {"channels": 1, "image_size": 4, "normalization": {"mean": [0.0], "std": [1.0]}}
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
-    torch.testing.assert_close(utils.to_classifier_input(red, meta), torch.full((1, 1, 4, 4), 0.299))
+    torch.testing.assert_close(metrics.to_classifier_input(red, meta), torch.full((1, 1, 4, 4), 0.299))
 
 
 # --- architectures --------------------------------------------------------------------------
@@ -105,21 +108,21 @@ def test_train_on_synthetic_and_load(synthetic_classifier):
     assert ckpt["kind"] == "classifier" and ckpt["arch"] == "lenet"
     assert ckpt["classes"] == ["horizontal", "vertical"] and not ckpt["multilabel"]
     assert (ckpt["image_size"], ckpt["channels"], ckpt["data_size"]) == (32, 3, 16)
-    assert ckpt["normalization"] == utils.CLASSIFIER_NORMALIZATION[3]
+    assert ckpt["normalization"] == metrics.CLASSIFIER_NORMALIZATION[3]
     assert ckpt["test_accuracy"] > 90
     assert set(ckpt["test_accuracy_per_class"]) == {"horizontal", "vertical"}
     assert os.path.isfile(os.path.join(os.path.dirname(path), "args.json"))
 
-    model, meta = utils.load_classifier(path)
+    model, meta = checkpoint.load_classifier(path)
     assert not model.training
-    test, _ = utils.load_dataset("synthetic", None, 16, train=False)
+    test, _ = dataset.load_dataset("synthetic", None, 16, train=False)
     images, labels = next(iter(torch.utils.data.DataLoader(test, batch_size=128)))
-    logits = utils.classify(model, meta, images)
+    logits = metrics.classify(model, meta, images)
     assert (logits.argmax(1) == labels).float().mean() > 0.9  # what it learnt is what it applies
-    index, name = utils.resolve_negative(meta, "vertical")
+    index, name = metrics.resolve_negative(meta, "vertical")
     assert (index, name) == (1, "vertical")
-    assert torch.equal(utils.negative_mask(logits, meta, index), logits.argmax(1) == 1)
-    assert utils.label_counts(logits, meta).sum() == len(images)
+    assert torch.equal(metrics.negative_mask(logits, meta, index), logits.argmax(1) == 1)
+    assert metrics.label_counts(logits, meta).sum() == len(images)
 
 
 class _FixedLogits(torch.nn.Module):
@@ -174,41 +177,41 @@ def test_ensemble_members_are_the_single_seed_networks(tmp_path, synthetic_class
     for key, value in single_seed1["model"].items():
         assert torch.equal(ckpt["model"][f"members.1.{key}"], value)
 
-    model, meta = utils.load_classifier(str(tmp_path / "ens" / "classifier.pt"))
+    model, meta = checkpoint.load_classifier(str(tmp_path / "ens" / "classifier.pt"))
     assert isinstance(model, ClassifierEnsemble) and len(model.members) == 2 and not model.training
-    test, _ = utils.load_dataset("synthetic", None, 16, train=False)
+    test, _ = dataset.load_dataset("synthetic", None, 16, train=False)
     images, labels = next(iter(torch.utils.data.DataLoader(test, batch_size=128)))
-    logits = utils.classify(model, meta, images)
+    logits = metrics.classify(model, meta, images)
     assert logits.shape == (len(images), 2) and torch.allclose(logits.exp().sum(1), torch.ones(len(images)))
     assert (logits.argmax(1) == labels).float().mean() > 0.9
-    single, single_meta = utils.load_classifier(synthetic_classifier[0])
-    assert torch.equal(utils.classifier_features(model, meta, images),
-                       utils.classifier_features(single, single_meta, images))
+    single, single_meta = checkpoint.load_classifier(synthetic_classifier[0])
+    assert torch.equal(metrics.classifier_features(model, meta, images),
+                       metrics.classifier_features(single, single_meta, images))
 
 
 def test_resolve_negative_names_indices_and_errors():
     meta = {"classes": [str(i) for i in range(10)], "attributes": None, "multilabel": False, "path": "c.pt"}
-    assert utils.resolve_negative(meta, "8") == (8, "8")
-    assert utils.resolve_negative(meta, 8) == (8, "8")
+    assert metrics.resolve_negative(meta, "8") == (8, "8")
+    assert metrics.resolve_negative(meta, 8) == (8, "8")
     with pytest.raises(utils.UserError, match="not a class"):
-        utils.resolve_negative(meta, "11")
+        metrics.resolve_negative(meta, "11")
     cats = {"classes": ["cat", "dog", "wild"], "attributes": None, "multilabel": False}
-    assert utils.resolve_negative(cats, "1") == (1, "dog")
+    assert metrics.resolve_negative(cats, "1") == (1, "dog")
     attrs = {"classes": None, "attributes": ["Bangs", "Eyeglasses"], "multilabel": True}
-    assert utils.resolve_negative(attrs, "Eyeglasses") == (1, "Eyeglasses")
+    assert metrics.resolve_negative(attrs, "Eyeglasses") == (1, "Eyeglasses")
     with pytest.raises(utils.UserError, match="not an attribute"):
-        utils.resolve_negative(attrs, "Hat")
+        metrics.resolve_negative(attrs, "Hat")
 
 
 def test_check_classifier_fits_warns_only_on_another_training_size(capsys):
     meta = {"image_size": 32, "channels": 1, "data_size": 32}
-    utils.check_classifier_fits(meta, 32)
+    metrics.check_classifier_fits(meta, 32)
     assert capsys.readouterr() == ("", "")
-    utils.check_classifier_fits(meta, 64)  # resized for the input, and trained on other images
+    metrics.check_classifier_fits(meta, 64)  # resized for the input, and trained on other images
     printed = capsys.readouterr()
     assert "resized" in printed.out and "1x32 px" in printed.out
     assert "trained on 32 px data" in printed.err and "--size 64" in printed.err
-    utils.check_classifier_fits(dict(meta, data_size=None), 64)  # an older checkpoint: only the note
+    metrics.check_classifier_fits(dict(meta, data_size=None), 64)  # an older checkpoint: only the note
     printed = capsys.readouterr()
     assert "resized" in printed.out and printed.err == ""
 
@@ -216,8 +219,8 @@ def test_check_classifier_fits_warns_only_on_another_training_size(capsys):
 def test_multilabel_decisions():
     meta = {"classes": None, "attributes": ["a", "b"], "multilabel": True}
     logits = torch.tensor([[0.5, -1.0], [-0.1, 0.0], [2.0, 3.0]])
-    assert utils.negative_mask(logits, meta, 1).tolist() == [False, True, True]
-    assert utils.label_counts(logits, meta).tolist() == [2, 2]
+    assert metrics.negative_mask(logits, meta, 1).tolist() == [False, True, True]
+    assert metrics.label_counts(logits, meta).tolist() == [2, 2]
 
 
 def test_multilabel_training_on_an_attribute_table(tmp_path):
@@ -239,19 +242,19 @@ def test_multilabel_training_on_an_attribute_table(tmp_path):
     assert ckpt["multilabel"] and ckpt["attributes"] == ["Bright", "Bar"] and ckpt["classes"] is None
     assert set(ckpt["test_accuracy_per_attribute"]) == {"Bright", "Bar"}
     assert ckpt["test_count"] == 10
-    model, meta = utils.load_classifier(str(tmp_path / "out" / "classifier.pt"))
-    assert model.head.out_features == 2 and utils.class_names(meta) == ["Bright", "Bar"]
+    model, meta = checkpoint.load_classifier(str(tmp_path / "out" / "classifier.pt"))
+    assert model.head.out_features == 2 and checkpoint.class_names(meta) == ["Bright", "Bar"]
 
 
 def test_wrong_checkpoint_kind_is_a_user_error(tmp_path, synthetic_classifier):
-    g = utils.build_stylegan2(dict(size=16, style_dim=16, n_mlp=1, channel_max=16), ("g_ema",))
+    g = checkpoint.build_stylegan2(dict(size=16, style_dim=16, n_mlp=1, channel_max=16), ("g_ema",))
     path = str(tmp_path / "g.pt")
-    utils.save_checkpoint(utils.stylegan2_checkpoint(g, dict(size=16, style_dim=16, n_mlp=1, channel_max=16),
+    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(g, dict(size=16, style_dim=16, n_mlp=1, channel_max=16),
                                                      {}, 0, {}), path)
     with pytest.raises(utils.UserError, match="is a stylegan2 checkpoint, but a classifier"):
-        utils.load_classifier(path)
+        checkpoint.load_classifier(path)
     with pytest.raises(utils.UserError, match="is a classifier checkpoint, but a stylegan2"):
-        utils.load_generator(synthetic_classifier[0])
+        checkpoint.load_generator(synthetic_classifier[0])
 
 
 def test_cli_help_lists_the_registry():
@@ -263,7 +266,7 @@ def test_cli_help_lists_the_registry():
 
 @pytest.mark.skipif(not os.path.isdir(MNIST5K), reason="shared/data/mnist5k not present")
 def test_mnist5k_loads_as_ten_classes():
-    dataset, info = utils.load_dataset("mnist", MNIST5K, 32, train=False)
-    assert info["classes"] == [str(i) for i in range(10)] and len(dataset) > 0
-    image, label = dataset[0]
+    data, info = dataset.load_dataset("mnist", MNIST5K, 32, train=False)
+    assert info["classes"] == [str(i) for i in range(10)] and len(data) > 0
+    image, label = data[0]
     assert image.shape == (3, 32, 32) and -1 <= image.min() and image.max() <= 1

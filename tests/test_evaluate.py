@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 import evaluate
+import checkpoint
+import metrics
 import utils
 from model import LeNet5
 
@@ -42,7 +44,7 @@ def test_frechet_distance_closed_form_commuting_non_diagonal():
     mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
     sigma1, sigma2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T  # non-diagonal, same eigenvectors
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert utils.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-9)
+    assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_distance_closed_form_non_commuting():
@@ -53,7 +55,7 @@ def test_frechet_distance_closed_form_non_commuting():
     mu1, mu2 = rng.standard_normal(dim), np.zeros(dim)
     expected = (np.sum(mu1 ** 2) + c * dim + np.trace(sigma2)
                 - 2 * np.sqrt(c) * np.sum(np.sqrt(np.linalg.eigvalsh(sigma2))))
-    assert utils.frechet_distance(mu1, c * np.eye(dim), mu2, sigma2) == pytest.approx(expected, rel=1e-9)
+    assert metrics.frechet_distance(mu1, c * np.eye(dim), mu2, sigma2) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_reference():
@@ -63,41 +65,41 @@ def test_frechet_distance_matches_scipy_sqrtm_reference():
         sigma1, sigma2 = random_spd(dim, rng), random_spd(dim, rng)
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2).real
         reference = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean)
-        assert utils.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(reference, rel=1e-6)
+        assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(reference, rel=1e-6)
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
     features = torch.from_numpy(np.random.default_rng(3).standard_normal((500, 32)) @ random_spd(32, np.random.default_rng(4)))
-    mu, sigma = utils.feature_statistics(features)
-    assert abs(utils.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+    mu, sigma = metrics.feature_statistics(features)
+    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
 
 
 def test_frechet_distance_rejects_mismatched_statistics():
     with pytest.raises(utils.UserError, match="do not match"):
-        utils.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
 def test_too_few_samples_warn_or_refuse(capsys):
-    utils.feature_statistics(torch.randn(5, 8), "tiny")
+    metrics.feature_statistics(torch.randn(5, 8), "tiny")
     assert "rank <= 4 < 8" in capsys.readouterr().err
     with pytest.raises(utils.UserError, match="at least 2"):
-        utils.feature_statistics(torch.randn(1, 8), "tiny")
+        metrics.feature_statistics(torch.randn(1, 8), "tiny")
 
 
 def test_npz_round_trip_and_fid_command(tmp_path, capsys):
     rng = np.random.default_rng(5)
     mu1, mu2, sigma1, sigma2 = rng.standard_normal(6), rng.standard_normal(6), random_spd(6, rng), random_spd(6, rng)
     a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
-    utils.save_statistics(a, mu1, sigma1, features="test")
+    metrics.save_statistics(a, mu1, sigma1, features="test")
     np.savez(b, mu=mu2, sigma=sigma2)  # pytorch-fid's own format: just mu and sigma
-    mu, sigma, fields = utils.load_statistics(a)
+    mu, sigma, fields = metrics.load_statistics(a)
     assert np.array_equal(mu, mu1) and np.array_equal(sigma, sigma1) and fields == {"features": "test"}
     value = evaluate.main(argparse.Namespace(fid=[a, b]))
-    assert value == pytest.approx(utils.frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-12)
+    assert value == pytest.approx(metrics.frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-12)
     assert f"{value:.10g}" in capsys.readouterr().out
     np.savez(tmp_path / "bad.npz", mean=mu1)
     with pytest.raises(utils.UserError, match="no 'mu' and 'sigma'"):
-        utils.load_statistics(str(tmp_path / "bad.npz"))
+        metrics.load_statistics(str(tmp_path / "bad.npz"))
 
 
 # --- sampling and PUL ----------------------------------------------------------------------
@@ -132,8 +134,8 @@ IDENTITY_META = {"multilabel": False, "classes": ["bright", "dark"], "attributes
                  "image_size": 4, "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}
 
 
-def pass_args(n_sample, seed=0, batch=97):
-    return argparse.Namespace(n_sample=n_sample, n_fid=0, seed=seed, batch=batch, device="cpu")
+def pass_args(n_eval, seed=0, batch=97):
+    return argparse.Namespace(n_eval=n_eval, n_fid=0, seed=seed, batch=batch, device="cpu")
 
 
 def test_pul_on_generators_with_known_negative_rates():
@@ -142,22 +144,22 @@ def test_pul_on_generators_with_known_negative_rates():
     clf = BrightnessClassifier()
     before = evaluate.generator_pass(ThresholdGenerator(0.0), args, clf, IDENTITY_META, 0, None, None)
     after = evaluate.generator_pass(ThresholdGenerator(1.0), args, clf, IDENTITY_META, 0, None, None)
-    z, _ = utils.seeded_inputs(ThresholdGenerator(0.0), range(n), 0)
+    z, _ = metrics.seeded_inputs(ThresholdGenerator(0.0), range(n), 0)
     assert int(before["negative_mask"].sum()) == int((z[:, 0] > 0).sum())  # exactly the latents' count
     assert int(after["negative_mask"].sum()) == int((z[:, 0] > 1).sum())
     assert before["counts"] == [int((z[:, 0] > 0).sum()), int((z[:, 0] <= 0).sum())]
-    pul = utils.percentage_unlearned(int(before["negative_mask"].sum()), int(after["negative_mask"].sum()))
+    pul = metrics.percentage_unlearned(int(before["negative_mask"].sum()), int(after["negative_mask"].sum()))
     # P(z > 1) / P(z > 0) = 0.3173: PUL = 68.3 %, up to sampling noise (std ~1.2 % at n = 4000)
     assert pul == pytest.approx(100 * (1 - 2 * 0.158655), abs=4)
-    assert utils.percentage_unlearned(10, 10) == 0 and utils.percentage_unlearned(10, 0) == 100
-    assert np.isnan(utils.percentage_unlearned(0, 0))
+    assert metrics.percentage_unlearned(10, 10) == 0 and metrics.percentage_unlearned(10, 0) == 100
+    assert np.isnan(metrics.percentage_unlearned(0, 0))
 
 
 def tiny_generator(seed):
     """A tiny StyleGAN2 whose output depends visibly on z and on the noise (a fresh one barely
     does: noise weights start at 0 and the modulation near 1)."""
     torch.manual_seed(seed)
-    g = utils.build_stylegan2(MODEL_ARGS, ("g_ema",))["g_ema"].eval()
+    g = checkpoint.build_stylegan2(MODEL_ARGS, ("g_ema",))["g_ema"].eval()
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -166,17 +168,17 @@ def tiny_generator(seed):
 
 def test_seeded_samples_do_not_depend_on_batch_size():
     g = tiny_generator(0)
-    one = torch.cat([x for _, x in utils.generate_images(g, 7, seed=3, batch=7, device="cpu")])
-    many = torch.cat([x for _, x in utils.generate_images(g, 7, seed=3, batch=2, device="cpu")])
+    one = torch.cat([x for _, x in metrics.generate_images(g, 7, seed=3, batch=7, device="cpu")])
+    many = torch.cat([x for _, x in metrics.generate_images(g, 7, seed=3, batch=2, device="cpu")])
     torch.testing.assert_close(one, many, atol=1e-5, rtol=0)
-    other = torch.cat([x for _, x in utils.generate_images(g, 7, seed=4, batch=7, device="cpu")])
+    other = torch.cat([x for _, x in metrics.generate_images(g, 7, seed=4, batch=7, device="cpu")])
     assert (one - other).abs().mean() > 0.01
     # the noise maps count: with other noise the same latents give other images
-    z, noise = utils.seeded_inputs(g, range(7), 3)
+    z, noise = metrics.seeded_inputs(g, range(7), 3)
     torch.testing.assert_close(g([z], noise=noise)[0], one, atol=1e-5, rtol=0)
     assert (g([z])[0] - one).abs().mean() > 1e-3
     # the first samples are the same whatever the number drawn
-    first = next(iter(utils.generate_images(g, 3, seed=3, batch=3, device="cpu")))[1]
+    first = next(iter(metrics.generate_images(g, 3, seed=3, batch=3, device="cpu")))[1]
     torch.testing.assert_close(first, one[:3], atol=1e-5, rtol=0)
 
 
@@ -185,7 +187,7 @@ def test_seeded_samples_do_not_depend_on_batch_size():
 
 def save_generator(path, seed):
     nets = {"g_ema": tiny_generator(seed)}
-    utils.save_checkpoint(utils.stylegan2_checkpoint(nets, MODEL_ARGS, {}, 0, {}), path)
+    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, MODEL_ARGS, {}, 0, {}), path)
     return path
 
 
@@ -193,19 +195,19 @@ def save_half_split_classifier(path, reference_path):
     """A LeNet over the two synthetic classes whose decision splits the reference's samples about
     half and half (so PUL is defined), built without training."""
     meta = {"arch": "lenet", "classes": ["horizontal", "vertical"], "attributes": None, "multilabel": False,
-            "image_size": 32, "channels": 3, "normalization": utils.CLASSIFIER_NORMALIZATION[3], "data_size": 16}
+            "image_size": 32, "channels": 3, "normalization": metrics.CLASSIFIER_NORMALIZATION[3], "data_size": 16}
     torch.manual_seed(0)
     net = LeNet5(2, 3).eval()
-    g, _ = utils.load_generator(reference_path)
-    images = next(iter(utils.generate_images(g, 64, 0, 64, "cpu")))[1]
+    g, _ = checkpoint.load_generator(reference_path)
+    images = next(iter(metrics.generate_images(g, 64, 0, 64, "cpu")))[1]
     w = torch.randn(84, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # logit 0 = w·features − median, logit 1 = 0
-        score = net.features(utils.to_classifier_input(images, meta)) @ w
+        score = net.features(metrics.to_classifier_input(images, meta)) @ w
         net.head.weight.zero_()
         net.head.bias.zero_()
         net.head.weight[0] = w
         net.head.bias[0] = -score.median()
-    utils.save_checkpoint({"kind": "classifier", "model": net.state_dict(), **meta, "test_accuracy": 50.0,
+    checkpoint.save_checkpoint({"kind": "classifier", "model": net.state_dict(), **meta, "test_accuracy": 50.0,
                            "args": {}, "sources": {}}, path)
     return path
 
@@ -219,31 +221,33 @@ def files(tmp_path_factory):
 
 
 def eval_args(files, out, ckpts, **overrides):
-    args = dict(ckpt=ckpts, reference=files["reference"], classifier=files["classifier"], negative="horizontal",
-                retrained=files["retrained"], label="unlearned", dataset="synthetic", data="unused", attributes=None,
-                real_split=None, n_real=None, real_stats=None, features="classifier", inception=None,
-                n_sample=96, n_fid=100, n_grid=6, fid=None, batch=50, workers=0, seed=0, cache=None, device="cpu",
-                out=str(out))
-    args.update(overrides)
-    return argparse.Namespace(**args)
+    args = evaluate.create_argparser().parse_args([
+        *ckpts, "--reference", files["reference"], "--classifier", files["classifier"], "--negative", "horizontal",
+        "--retrained", files["retrained"], "--dataset", "synthetic", "--data", "unused", "--features", "classifier",
+        "--n_eval", "96", "--n_fid", "100", "--n_sample", "6", "--batch", "50", "--seed", "0", "--device", "cpu",
+        "--out", str(out)])
+    for key, value in overrides.items():
+        assert hasattr(args, key), key
+        setattr(args, key, value)
+    return args
 
 
 def test_evaluate_reference_against_itself(files, tmp_path, capsys):
     out = tmp_path / "out"
     ckpts = [files["reference"], files["reference"]]
-    metrics = evaluate.main(eval_args(files, out, ckpts))
+    record = evaluate.main(eval_args(files, out, ckpts))
     printed = capsys.readouterr().out
-    ref = metrics["reference"]
+    ref = record["reference"]
     assert 0 < ref["negatives"] < 96
-    for c in metrics["checkpoints"]:
+    for c in record["checkpoints"]:
         assert c["pul"] == 0 and c["negatives"] == ref["negatives"]
         assert c["fid"] == pytest.approx(ref["fid"]) and c["fid"] > 0
         assert all(abs(v["change"]) < 1e-12 for v in c["side_effects"].values())
-    assert metrics["summary"]["pul"] == {"mean": 0.0, "std": 0.0, "n": 2}
-    assert metrics["retrained"]["ret_fid"] is None and metrics["checkpoints"][0]["ret_fid"] > 0
+    assert record["summary"]["pul"] == {"mean": 0.0, "std": 0.0, "n": 2}
+    assert record["retrained"]["ret_fid"] is None and record["checkpoints"][0]["ret_fid"] > 0
 
-    protocol = metrics["protocol"]
-    assert protocol["pul"]["n_sample"] == 96 and protocol["pul"]["negative"] == "horizontal"
+    protocol = record["protocol"]
+    assert protocol["pul"]["n_eval"] == 96 and protocol["pul"]["negative"] == "horizontal"
     assert protocol["sampling"]["seed"] == 0 and protocol["sampling"]["truncation"] == 1.0
     assert protocol["fid"]["name"] == "classifier-feature FID" and protocol["fid"]["n_fid"] == 100
     real = protocol["fid"]["reference_set"]
@@ -256,7 +260,7 @@ def test_evaluate_reference_against_itself(files, tmp_path, capsys):
     assert "NaN" not in text and json.loads(text)["summary"]["pul"]["mean"] == 0.0
 
     # the real statistics are read back from the .npz and give the same FIDs
-    again = evaluate.main(eval_args(files, tmp_path / "again", ckpts[:1], retrained=None, n_grid=0,
+    again = evaluate.main(eval_args(files, tmp_path / "again", ckpts[:1], retrained=None, n_sample=0,
                                     real_stats=str(out / "real_stats.npz")))
     assert again["protocol"]["fid"]["reference_set"]["loaded_from_file"]
     assert again["checkpoints"][0]["fid"] == pytest.approx(ref["fid"], rel=1e-9)
@@ -266,7 +270,7 @@ def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_p
     """A run folder moved or copied elsewhere keeps its statistics file valid; statistics made with
     another classifier's features are refused."""
     stats = str(tmp_path / "real_stats.npz")
-    first = evaluate.main(eval_args(files, tmp_path / "a", [files["reference"]], retrained=None, n_grid=0,
+    first = evaluate.main(eval_args(files, tmp_path / "a", [files["reference"]], retrained=None, n_sample=0,
                                     real_stats=stats))
     assert not first["protocol"]["fid"]["reference_set"]["loaded_from_file"]
 
@@ -274,28 +278,28 @@ def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_p
     moved.parent.mkdir()
     moved.write_bytes(open(files["classifier"], "rb").read())
     again = evaluate.main(eval_args(files, tmp_path / "b", [files["reference"]], classifier=str(moved),
-                                    retrained=None, n_grid=0, real_stats=stats))
+                                    retrained=None, n_sample=0, real_stats=stats))
     assert again["protocol"]["fid"]["reference_set"]["loaded_from_file"]
     assert again["reference"]["fid"] == pytest.approx(first["reference"]["fid"], rel=1e-9)
 
     other = torch.load(files["classifier"], weights_only=True)
     other["model"]["head.bias"] = other["model"]["head.bias"] + 1.0
-    utils.save_checkpoint(other, str(tmp_path / "other.pt"))
+    checkpoint.save_checkpoint(other, str(tmp_path / "other.pt"))
     with pytest.raises(utils.UserError, match="was made with weights_sha256"):
         evaluate.main(eval_args(files, tmp_path / "c", [files["reference"]], classifier=str(tmp_path / "other.pt"),
-                                retrained=None, n_grid=0, real_stats=stats))
+                                retrained=None, n_sample=0, real_stats=stats))
 
 
-def scores(metrics):
+def scores(record):
     """What a generator pass decides, per entry: negatives, PUL, FID, Ret-FID and side effects."""
-    entries = [metrics["reference"], metrics["retrained"], *metrics["checkpoints"]]
+    entries = [record["reference"], record["retrained"], *record["checkpoints"]]
     return [(e["negatives"], e["pul"], e["fid"], e["ret_fid"], e["side_effects"]) for e in entries]
 
 
 def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
-    plain = evaluate.main(eval_args(files, tmp_path / "plain", [files["retrained"]], n_grid=0))
-    first = evaluate.main(eval_args(files, tmp_path / "first", [files["retrained"]], n_grid=0, cache=cache))
+    plain = evaluate.main(eval_args(files, tmp_path / "plain", [files["retrained"]], n_sample=0))
+    first = evaluate.main(eval_args(files, tmp_path / "first", [files["retrained"]], n_sample=0, cache=cache))
     assert scores(first) == scores(plain)
     assert len(os.listdir(cache)) == 2  # the reference and the retrained model, once each
     # the retrained model evaluated as a checkpoint: no Ret-FID against itself, no summary of one
@@ -307,18 +311,18 @@ def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, mo
     monkeypatch.setattr(evaluate, "generator_pass", lambda g, args, *rest: passes.append(args.seed) or
                         generator_pass(g, args, *rest))
     # the reference, evaluated as a checkpoint too, and the retrained model: all three from the cache
-    second = evaluate.main(eval_args(files, tmp_path / "second", [files["reference"]], n_grid=0, cache=cache))
+    second = evaluate.main(eval_args(files, tmp_path / "second", [files["reference"]], n_sample=0, cache=cache))
     assert passes == []
     assert scores(second)[0] == scores(first)[0] and scores(second)[1] == scores(first)[1]
     assert second["checkpoints"][0]["pul"] == 0 and second["checkpoints"][0]["fid"] == second["reference"]["fid"]
 
     # other latents are other passes; a generator met twice in one call is computed once
-    other_seed = evaluate.main(eval_args(files, tmp_path / "seed1", [files["reference"]], n_grid=0, seed=1,
+    other_seed = evaluate.main(eval_args(files, tmp_path / "seed1", [files["reference"]], n_sample=0, seed=1,
                                          cache=cache))
     assert passes == [1, 1] and len(os.listdir(cache)) == 4
     assert other_seed["reference"]["negatives"] != first["reference"]["negatives"] or \
         other_seed["reference"]["fid"] != first["reference"]["fid"]
-    fewer = evaluate.main(eval_args(files, tmp_path / "fewer", [files["reference"]], n_grid=0, n_sample=48,
+    fewer = evaluate.main(eval_args(files, tmp_path / "fewer", [files["reference"]], n_sample=0, n_eval=48,
                                     cache=cache))
     assert passes == [1, 1, 0, 0] and fewer["reference"]["negatives"] < first["reference"]["negatives"]
 
@@ -327,7 +331,7 @@ def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, mo
         with open(os.path.join(cache, name), "wb") as f:
             f.write(b"not an npz")
     passes.clear()
-    third = evaluate.main(eval_args(files, tmp_path / "third", [files["retrained"]], n_grid=0, cache=cache))
+    third = evaluate.main(eval_args(files, tmp_path / "third", [files["retrained"]], n_sample=0, cache=cache))
     assert passes == [0, 0] and scores(third) == scores(plain)
 
 
@@ -373,18 +377,18 @@ def random_inception(tmp_path_factory):
 
 
 def test_inception_weights_are_checked(random_inception, tmp_path, capsys):
-    net, info = utils.load_fid_inception(random_inception)
+    net, info = metrics.load_fid_inception(random_inception)
     assert info["weights_sha256"] == utils.file_sha256(random_inception)
     assert not info["standard_fid_weights"] and "not comparable" in capsys.readouterr().err
-    features = utils.inception_features(net, torch.rand(2, 3, 16, 16) * 2 - 1)
+    features = metrics.inception_features(net, torch.rand(2, 3, 16, 16) * 2 - 1)
     assert features.shape == (2, 2048) and features.dtype == torch.float64 and torch.isfinite(features).all()
 
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     with pytest.raises(utils.UserError, match="not the FID Inception weights"):
-        utils.load_fid_inception(str(tmp_path / "other.pth"))
+        metrics.load_fid_inception(str(tmp_path / "other.pth"))
     torch.save({"a": argparse.Namespace()}, tmp_path / "pickle.pth")
     with pytest.raises(utils.UserError, match="not a PyTorch state dict"):
-        utils.load_fid_inception(str(tmp_path / "pickle.pth"))
+        metrics.load_fid_inception(str(tmp_path / "pickle.pth"))
 
 
 def test_evaluate_with_inception_features(files, random_inception, tmp_path):
@@ -397,14 +401,14 @@ def test_evaluate_with_inception_features(files, random_inception, tmp_path):
         return float(np.sum((mu1 - mu2) ** 2))
 
     out = tmp_path / "out"
-    with mock.patch.object(utils, "frechet_distance", cheap_distance):
-        metrics = evaluate.main(eval_args(files, out, [files["reference"]], features="inception",
-                                          inception=random_inception, retrained=None, n_sample=4,
-                                          n_fid=2, n_real=2, n_grid=0, batch=4))
+    with mock.patch.object(metrics, "frechet_distance", cheap_distance):
+        record = evaluate.main(eval_args(files, out, [files["reference"]], features="inception",
+                                          inception=random_inception, retrained=None, n_eval=4,
+                                          n_fid=2, n_real=2, n_sample=0, batch=4))
     assert seen and all(shape == ((2048,), (2048, 2048)) * 2 for shape in seen)
-    fid = metrics["protocol"]["fid"]
+    fid = record["protocol"]["fid"]
     assert fid["name"] == "FID" and fid["weights_sha256"] == utils.file_sha256(random_inception)
     assert fid["reference_set"]["n_images"] == 2 and "torch-fidelity" in fid["library"]
-    mu, sigma, fields = utils.load_statistics(str(out / "real_stats.npz"))
+    mu, sigma, fields = metrics.load_statistics(str(out / "real_stats.npz"))
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and fields["n_images"] == "2"
-    assert metrics["checkpoints"][0]["fid"] == pytest.approx(metrics["reference"]["fid"])
+    assert record["checkpoints"][0]["fid"] == pytest.approx(record["reference"]["fid"])

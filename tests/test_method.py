@@ -1,11 +1,11 @@
-"""The method's parameter-space functions (utils.py, paper eqs. 3 and 6) on numbers worked out by hand."""
+"""The method's parameter-space functions (method.py, paper eqs. 3 and 6) on numbers worked out by hand."""
 
 import math
 
 import pytest
 import torch
 
-import utils
+import method
 
 
 def leaf(values):
@@ -21,7 +21,7 @@ THETA_N = [[torch.tensor([0.0, 2.0]), torch.tensor([[1.0]])],
 
 
 def test_relative_distance_by_hand():
-    adapted = utils.AdaptedParameters(THETA_G, THETA_N)
+    adapted = method.AdaptedParameters(THETA_G, THETA_N)
     assert adapted.d0 == pytest.approx(3.5)
     params = [leaf([1.0, 2.0]), leaf([[0.0]])]
     assert adapted.relative_distance(params).item() == pytest.approx(1.0)
@@ -38,7 +38,7 @@ def test_relative_distance_by_hand():
 
 def test_spread_is_mean_squared_deviation_from_the_mean_model():
     # mean = (0.5, 1 | 0); n1 - mean = (-0.5, 1 | 1) -> 2.25; n2 - mean = (0.5, -1 | -1) -> 2.25
-    assert utils.AdaptedParameters(THETA_G, THETA_N).spread == pytest.approx(2.25)
+    assert method.AdaptedParameters(THETA_G, THETA_N).spread == pytest.approx(2.25)
 
 
 def test_relative_distance_matches_the_definition_and_accumulates():
@@ -55,13 +55,13 @@ def test_relative_distance_matches_the_definition_and_accumulates():
               for model in theta_n) / 3 / d0
     ref.backward()
 
-    d = utils.AdaptedParameters(theta_g, theta_n).relative_distance(params)
+    d = method.AdaptedParameters(theta_g, theta_n).relative_distance(params)
     assert d.item() == pytest.approx(ref.item(), rel=1e-5)
     d.backward()
     for p, r in zip(params, ref_params):
         torch.testing.assert_close(p.grad, r.grad.float(), rtol=1e-5, atol=1e-7)
     # a second backward adds to .grad, as an adversarial loss's gradient would be added
-    utils.AdaptedParameters(theta_g, theta_n).relative_distance(params).backward()
+    method.AdaptedParameters(theta_g, theta_n).relative_distance(params).backward()
     torch.testing.assert_close(params[0].grad, 2 * ref_params[0].grad.float(), rtol=1e-5, atol=1e-7)
 
 
@@ -73,17 +73,17 @@ def test_relative_distance_has_no_catastrophic_cancellation():
     step_n = theta_n[0][0][0].item() - 1000.0            # what float32 actually stored
     step_p = params[0][0].item() - 1000.0
     expected = (step_p - step_n) ** 2 / step_n ** 2
-    d = utils.AdaptedParameters(theta_g, theta_n).relative_distance(params)
+    d = method.AdaptedParameters(theta_g, theta_n).relative_distance(params)
     assert d.item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_repulsion_values_by_hand():
     d = torch.tensor(2.0)
-    assert utils.repulsion_loss("il2", d, mu=3.0).item() == pytest.approx(1.5)
-    assert utils.repulsion_loss("nl2", d, mu=3.0).item() == pytest.approx(-6.0)
-    assert utils.repulsion_loss("el2", d, mu=3.0, alpha=0.5).item() == pytest.approx(3 * math.exp(-1))
-    with pytest.raises(utils.UserError):
-        utils.repulsion_loss("l3", d, mu=1.0)
+    assert method.repulsion_loss("il2", d, mu=3.0).item() == pytest.approx(1.5)
+    assert method.repulsion_loss("nl2", d, mu=3.0).item() == pytest.approx(-6.0)
+    assert method.repulsion_loss("el2", d, mu=3.0, alpha=0.5).item() == pytest.approx(3 * math.exp(-1))
+    with pytest.raises(ValueError):
+        method.repulsion_loss("l3", d, mu=1.0)
 
 
 @pytest.mark.parametrize("kind, grad_at_2", [
@@ -93,10 +93,10 @@ def test_repulsion_values_by_hand():
 ])
 def test_repulsion_gradient_pushes_away_from_theta_n(kind, grad_at_2):
     # one scalar parameter, theta_g = 1, theta_n = 0 -> d_0 = 1, d(theta) = theta^2
-    adapted = utils.AdaptedParameters([torch.tensor(1.0)], [[torch.tensor(0.0)]])
+    adapted = method.AdaptedParameters([torch.tensor(1.0)], [[torch.tensor(0.0)]])
     for theta, sign in ((2.0, 1.0), (-2.0, -1.0)):
         param = leaf(theta)
-        utils.repulsion_loss(kind, adapted.relative_distance([param]), mu=1.0, alpha=0.5).backward()
+        method.repulsion_loss(kind, adapted.relative_distance([param]), mu=1.0, alpha=0.5).backward()
         assert param.grad.item() == pytest.approx(sign * grad_at_2)
         # gradient descent moves theta further from theta_n = 0
         assert abs(theta - 0.1 * param.grad.item()) > abs(theta)
@@ -106,14 +106,14 @@ def test_ewc_penalty_zero_at_theta_g_and_by_hand():
     theta_g = [torch.tensor([1.0, 2.0]), torch.tensor([[0.5]])]
     fisher = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
     params = [leaf([1.0, 2.0]), leaf([[0.5]])]
-    penalty = utils.ewc_penalty(params, theta_g, fisher, weight=10.0)
+    penalty = method.ewc_penalty(params, theta_g, fisher, weight=10.0)
     penalty.backward()
     assert penalty.item() == 0.0
     assert all(p.grad.abs().max().item() == 0.0 for p in params)
 
     # theta - theta_g = (1, -1 | 2): 10 * (1*1 + 2*1 + 3*4) = 150; grad = 2 * 10 * F * diff
     params = [leaf([2.0, 1.0]), leaf([[2.5]])]
-    penalty = utils.ewc_penalty(params, theta_g, fisher, weight=10.0)
+    penalty = method.ewc_penalty(params, theta_g, fisher, weight=10.0)
     penalty.backward()
     assert penalty.item() == pytest.approx(150.0)
     assert params[0].grad.tolist() == pytest.approx([20.0, -40.0])
@@ -125,7 +125,7 @@ def test_fisher_diagonal_of_a_known_model():
     w, b, unused = leaf([1.0, 2.0]), leaf(0.3), leaf([5.0])
     x = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     loglik = (x @ w) ** 2 + b
-    fisher = utils.fisher_diagonal([w, b, unused], loglik)
+    fisher = method.fisher_diagonal([w, b, unused], loglik)
     # sample 1: w.x = 1 -> (2, 0); sample 2: w.x = 3 -> (6, 6); mean of squares = (20, 18)
     assert fisher[0].tolist() == pytest.approx([20.0, 18.0])
     assert fisher[1].item() == pytest.approx(1.0)
@@ -137,16 +137,27 @@ def test_extrapolate_at_gamma_0_and_1():
     theta_g = {"w": torch.tensor([1.0, 2.0]), "step": torch.tensor(7)}
     theta_n = [{"w": torch.tensor([0.0, 2.0]), "step": torch.tensor(1)},
                {"w": torch.tensor([1.0, 0.0]), "step": torch.tensor(2)}]   # mean (0.5, 1)
-    assert utils.extrapolate(theta_g, theta_n, 0.0)["w"].tolist() == [1.0, 2.0]
-    assert utils.extrapolate(theta_g, theta_n, 1.0)["w"].tolist() == [1.5, 3.0]    # away from them
-    assert utils.extrapolate(theta_g, theta_n, -1.0)["w"].tolist() == [0.5, 1.0]   # their mean
-    assert utils.extrapolate(theta_g, theta_n, 1.0)["step"].item() == 7
-    with pytest.raises(utils.UserError):
-        utils.extrapolate(theta_g, [{"step": torch.tensor(1)}], 1.0)
+    assert method.extrapolate(theta_g, theta_n, 0.0)["w"].tolist() == [1.0, 2.0]
+    assert method.extrapolate(theta_g, theta_n, 1.0)["w"].tolist() == [1.5, 3.0]    # away from them
+    assert method.extrapolate(theta_g, theta_n, -1.0)["w"].tolist() == [0.5, 1.0]   # their mean
+    assert method.extrapolate(theta_g, theta_n, 1.0)["step"].item() == 7
+    with pytest.raises(ValueError):
+        method.extrapolate(theta_g, [{"step": torch.tensor(1)}], 1.0)
 
 
 def test_select_parameters():
     state = {"a": torch.zeros(1), "b": torch.ones(2)}
-    assert [t.tolist() for t in utils.select_parameters(state, ["b", "a"])] == [[1.0, 1.0], [0.0]]
-    with pytest.raises(utils.UserError, match="'c'"):
-        utils.select_parameters(state, ["a", "c"])
+    assert [t.tolist() for t in method.select_parameters(state, ["b", "a"])] == [[1.0, 1.0], [0.0]]
+    with pytest.raises(ValueError, match="'c'"):
+        method.select_parameters(state, ["a", "c"])
+
+
+def test_l1_penalty_and_last_k_names_by_hand():
+    params = [leaf([1.0, -2.0]), leaf([3.0])]
+    penalty = method.l1_penalty(params, 0.5)
+    assert penalty.item() == pytest.approx(0.5 * (1 + 2 + 3))
+    penalty.backward()
+    assert params[0].grad.tolist() == [0.5, -0.5] and params[1].grad.tolist() == [0.5]
+    assert method.last_k_names(["a", "b", "c"], 2) == ["b", "c"]
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        method.last_k_names(["a", "b", "c"], 4)

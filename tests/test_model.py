@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import model
+import checkpoint
 import utils
 from model import Discriminator, Generator, ModulatedConv2d
 
@@ -187,7 +188,7 @@ def test_bad_size_is_a_clear_error(size):
 
 def tiny_nets():
     torch.manual_seed(0)
-    nets = utils.build_stylegan2(TINY)
+    nets = checkpoint.build_stylegan2(TINY)
     perturbed(*nets.values())
     return nets
 
@@ -196,13 +197,13 @@ def test_checkpoint_round_trip(tmp_path):
     nets = tiny_nets()
     path = str(tmp_path / "g.pt")
     args = argparse.Namespace(iter=3, out=str(tmp_path))
-    utils.save_checkpoint(utils.stylegan2_checkpoint(nets, TINY, args, 3, {"data": "x"}), path)
-    loaded, ckpt = utils.load_stylegan2(path)
+    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, TINY, args, 3, {"data": "x"}), path)
+    loaded, ckpt = checkpoint.load_stylegan2(path)
     assert ckpt["kind"] == "stylegan2" and ckpt["step"] == 3 and ckpt["args"]["iter"] == 3
     for name in nets:
         for (k, a), b in zip(nets[name].state_dict().items(), loaded[name].state_dict().values()):
             assert torch.equal(a, b), k
-    g, _ = utils.load_generator(path)
+    g, _ = checkpoint.load_generator(path)
     assert not g.training and not any(p.requires_grad for p in g.parameters())
 
 
@@ -212,7 +213,7 @@ def test_rosinality_file_loads_and_infers_model_args(tmp_path):
     path = str(tmp_path / "rosinality.pt")
     args = argparse.Namespace(size=16, latent=32, n_mlp=2, channel_multiplier=2, r1=10.0)
     torch.save({name: net.state_dict() for name, net in nets.items()} | {"args": args, "ada_aug_p": 0.0}, path)
-    loaded, ckpt = utils.load_stylegan2(path)
+    loaded, ckpt = checkpoint.load_stylegan2(path)
     assert ckpt["model_args"] == dict(size=16, style_dim=32, n_mlp=2, channel_multiplier=2, channel_max=32)
     z = torch.randn(2, 32)
     with torch.no_grad():
@@ -222,7 +223,7 @@ def test_rosinality_file_loads_and_infers_model_args(tmp_path):
 
     # without args at all: everything from the tensor shapes
     torch.save({"g_ema": nets["g_ema"].state_dict()}, path)
-    assert utils.load_checkpoint(path, "stylegan2")["model_args"] == ckpt["model_args"]
+    assert checkpoint.load_checkpoint(path, "stylegan2")["model_args"] == ckpt["model_args"]
 
 
 def test_infers_channel_multiplier_from_shapes(tmp_path):
@@ -231,21 +232,21 @@ def test_infers_channel_multiplier_from_shapes(tmp_path):
     state = {k: torch.empty(v.shape) for k, v in g.state_dict().items()}
     path = str(tmp_path / "g64.pt")
     torch.save({"g_ema": state}, path)
-    args = utils.load_checkpoint(path)["model_args"]
+    args = checkpoint.load_checkpoint(path)["model_args"]
     assert (args["size"], args["style_dim"], args["n_mlp"], args["channel_multiplier"]) == (64, 8, 1, 1)
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    utils.save_checkpoint({"kind": "feedback", "step": 1}, path)
+    checkpoint.save_checkpoint({"kind": "feedback", "step": 1}, path)
 
     class Unsavable:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        utils.save_checkpoint({"kind": "feedback", "bad": Unsavable()}, path)
-    assert utils.load_checkpoint(path)["step"] == 1
+        checkpoint.save_checkpoint({"kind": "feedback", "bad": Unsavable()}, path)
+    assert checkpoint.load_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
 
 
@@ -260,33 +261,33 @@ def one_line_error(call, *args, **kwargs):
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
     nets = tiny_nets()
     good = str(tmp_path / "good.pt")
-    utils.save_checkpoint(utils.stylegan2_checkpoint(nets, TINY, {}, 0, {}), good)
+    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, TINY, {}, 0, {}), good)
 
-    assert "no such file" in one_line_error(utils.load_stylegan2, str(tmp_path / "missing.pt"))
+    assert "no such file" in one_line_error(checkpoint.load_stylegan2, str(tmp_path / "missing.pt"))
 
     truncated = str(tmp_path / "truncated.pt")
     data = open(good, "rb").read()
     open(truncated, "wb").write(data[: len(data) // 2])
-    assert "truncated" in one_line_error(utils.load_stylegan2, truncated)
+    assert "truncated" in one_line_error(checkpoint.load_stylegan2, truncated)
 
     classifier = str(tmp_path / "classifier.pt")
-    utils.save_checkpoint({"kind": "classifier", "model": {}}, classifier)
-    assert "is a classifier checkpoint" in one_line_error(utils.load_stylegan2, classifier)
+    checkpoint.save_checkpoint({"kind": "classifier", "model": {}}, classifier)
+    assert "is a classifier checkpoint" in one_line_error(checkpoint.load_stylegan2, classifier)
 
     pickled = str(tmp_path / "pickled.pt")
     torch.save({"g_ema": nets["g_ema"].state_dict(), "args": object()}, pickled)
-    assert "refused to unpickle" in one_line_error(utils.load_stylegan2, pickled)
+    assert "refused to unpickle" in one_line_error(checkpoint.load_stylegan2, pickled)
 
     other = str(tmp_path / "other_arch.pt")
-    ckpt = utils.stylegan2_checkpoint(nets, TINY, {}, 0, {})
+    ckpt = checkpoint.stylegan2_checkpoint(nets, TINY, {}, 0, {})
     ckpt["model_args"] = dict(TINY, channel_max=16)
-    utils.save_checkpoint(ckpt, other)
-    message = one_line_error(utils.load_stylegan2, other)
+    checkpoint.save_checkpoint(ckpt, other)
+    message = one_line_error(checkpoint.load_stylegan2, other)
     assert "does not fit Generator" in message and "shape" in message
 
-    message = one_line_error(utils.load_stylegan2, good, expect_model_args={"channel_multiplier": 1})
+    message = one_line_error(checkpoint.load_stylegan2, good, expect_model_args={"channel_multiplier": 1})
     assert "channel_multiplier 2 in the file vs 1 asked for" in message
 
     not_a_gan = str(tmp_path / "not_a_gan.pt")
     torch.save({"g_ema": {"weight": torch.zeros(1)}}, not_a_gan)
-    assert "not a StyleGAN2 generator" in one_line_error(utils.load_stylegan2, not_a_gan)
+    assert "not a StyleGAN2 generator" in one_line_error(checkpoint.load_stylegan2, not_a_gan)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mog_toy
+from conftest import cli_error, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STD = 0.05
@@ -89,22 +90,39 @@ def run_toy(tmp_path, *flags):
 @pytest.mark.parametrize("flags, message", [
     (["--negative", "8"], "--negative mode 8 is out of range"),
     (["--negative", "0", "1", "2", "3", "4", "5", "6", "7"], "--negative lists every mode"),
+    (["--n_models", "0"], "--n_models must be at least 1"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, flags, message):
-    result = run_toy(tmp_path, *flags)
+    assert message in cli_error(mog_toy, "--out", tmp_path, "--quiet", *flags)
+
+
+def test_cli_error_is_one_line(tmp_path):
+    result = run_toy(tmp_path, "--negative", "8")
     assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "--negative mode 8 is out of range" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_short_run_writes_metrics_and_figure(tmp_path):
-    tiny = ["--pretrain_iter", "300", "--adapt_iter", "10", "--unlearn_iter", "10", "--k", "2",
+@pytest.mark.parametrize("method, repulsion, runs", [
+    (["repulsion"], ["el2"], ["el2"]),
+    (["all"], ["el2"], ["el2", "finetune", "extrapolation"]),
+    (["extrapolation", "repulsion"], ["il2", "el2"], ["el2", "il2", "extrapolation"]),
+    (["all"], ["all"], ["el2", "nl2", "il2", "finetune", "extrapolation"]),
+])
+def test_selected_runs_follow_the_figure_order(method, repulsion, runs):
+    args = mog_toy.create_argparser().parse_args(["--method", *method, "--repulsion", *repulsion])
+    assert mog_toy.selected_runs(args) == runs
+
+
+def test_short_run_writes_metrics_and_figure(tmp_path, capsys):
+    tiny = ["--quiet", "--pretrain_iter", "300", "--adapt_iter", "10", "--unlearn_iter", "10", "--n_models", "2",
             "--n_eval", "500", "--fisher_samples", "8"]
-    result = run_toy(tmp_path, *tiny, "--methods", "all", "--gammas", "0", "1")
-    assert result.returncode == 0, result.stderr
-    record = json.loads((tmp_path / "metrics.json").read_text())
+    record = run_main(mog_toy, "--out", tmp_path, *tiny, "--method", "all", "--repulsion", "all", "--gamma", "0", "1")
+    stdout = capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(record))
     assert set(record) >= {"config", "pretrained", "methods"}
-    assert set(record["methods"]) == {"el2", "nl2", "il2", "none", "extrapolation"}
+    assert set(record["methods"]) == {"el2", "nl2", "il2", "finetune", "extrapolation"}
     assert set(record["methods"]["extrapolation"]) == {"0", "1"}
+    assert record["config"]["mu"] == mog_toy.DEFAULT_MU
     keys = {"pul", "pul_hq", "hq", "modes_covered", "mmd2", "seconds"}
     for metrics in [record["pretrained"], record["methods"]["el2"], record["methods"]["extrapolation"]["1"]]:
         assert keys <= set(metrics)
@@ -114,11 +132,13 @@ def test_short_run_writes_metrics_and_figure(tmp_path):
     assert gamma0["pul"] == 0.0 and gamma0["hq"] == pretrained["hq"] and gamma0["mmd2"] == pretrained["mmd2"]
     assert gamma0["distance"] == pytest.approx(1.0, rel=1e-4)  # d(theta_G) = 1
     assert (tmp_path / "mog_toy.png").stat().st_size > 0 and (tmp_path / "args.json").exists()
-    assert "extrap. gamma=1" in result.stdout and "none (ablation)" in result.stdout
+    assert "extrap. gamma=1" in stdout and "finetune (ablation)" in stdout
 
     # reproducible with --seed: the same numbers again (wall times aside), also when el2 runs alone
-    again = run_toy(tmp_path / "again", *tiny, "--methods", "el2")
-    record_again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    again = run_main(mog_toy, "--out", tmp_path / "again", *tiny)
     strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
-    assert strip(record_again["methods"]["el2"]) == strip(record["methods"]["el2"]), again.stderr
-    assert strip(record_again["pretrained"]) == strip(record["pretrained"])
+    assert strip(again["methods"]["el2"]) == strip(record["methods"]["el2"])
+    assert strip(again["pretrained"]) == strip(record["pretrained"])
+    # --mu applies to every repulsion loss run
+    mu = run_main(mog_toy, "--out", tmp_path / "mu", *tiny, "--repulsion", "nl2", "--mu", "0.5")
+    assert mu["config"]["mu"] == {"nl2": 0.5}

@@ -1,3 +1,4 @@
+import argparse
 import os
 import signal
 import subprocess
@@ -6,8 +7,15 @@ import time
 
 import pytest
 import torch
+from PIL import Image
+from torchvision.datasets import MNIST
 
+import checkpoint
+import dataset
+import gan
+import train_stylegan2
 import utils
+from conftest import cli_error, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_stylegan2.py")
@@ -25,11 +33,11 @@ def run(*args, check=True, **kwargs):
 
 def test_tiny_run_writes_loadable_checkpoints(tmp_path):
     out = str(tmp_path / "run")
-    run(*TINY, "--iter", "6", "--save_every", "3", "--out", out)
+    run_main(train_stylegan2, *TINY, "--iter", "6", "--save_every", "3", "--out", out)
     assert sorted(os.listdir(os.path.join(out, "checkpoint"))) == ["000003.pt"]
     assert os.path.exists(os.path.join(out, "args.json"))
     assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "sample")))
-    nets, ckpt = utils.load_stylegan2(os.path.join(out, "final.pt"))
+    nets, ckpt = checkpoint.load_stylegan2(os.path.join(out, "pretrained.pt"))
     assert ckpt["step"] == 6 and ckpt["model_args"]["size"] == 8 and ckpt["args"]["iter"] == 6
     assert {"g_optim", "d_optim", "rng", "sources"} <= set(ckpt)
     images, _ = nets["g_ema"].eval()([torch.randn(2, 8)])
@@ -43,7 +51,7 @@ def test_training_loop_samples_and_saves_on_completed_steps(start, samples, save
     """Sample grids and checkpoints are named by the steps done: every 4 here, and a grid after
     the last step, whose checkpoint the caller writes itself."""
     sampled, saved = [], []
-    utils.run_gan_training(lambda batch, step: {"d": torch.tensor(1.0)}, lambda: None, start, 10,
+    gan.run_gan_training(lambda batch, step: {"d": torch.tensor(1.0)}, lambda: None, start, 10,
                            sample=sampled.append, sample_every=4,
                            save=lambda done: saved.append(done) or f"{done}.pt", save_every=4, show=False)
     assert (sampled, saved) == (samples, saves)
@@ -69,70 +77,64 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     saved = saved()
     assert len(saved) >= 2
     for name in saved:  # every checkpoint that exists is whole
-        utils.load_stylegan2(os.path.join(folder, name))
+        checkpoint.load_stylegan2(os.path.join(folder, name))
     last = os.path.join(folder, saved[-1])
-    last_step = utils.load_checkpoint(last)["step"]
+    last_step = checkpoint.load_checkpoint(last)["step"]
 
     done = run(*TINY, "--ckpt", last, "--iter", str(last_step + 2), "--save_every", "1000",
                "--out", str(tmp_path / "resumed"))
     assert f"resuming {last} at step {last_step}" in done.stdout
-    resumed = utils.load_checkpoint(str(tmp_path / "resumed" / "final.pt"))
+    resumed = checkpoint.load_checkpoint(str(tmp_path / "resumed" / "pretrained.pt"))
     assert resumed["step"] == last_step + 2
     assert resumed["sources"]["resumed_from"] == os.path.abspath(last)
 
 
 def test_synthetic_exclude_counts():
-    dataset, info = utils.load_dataset("synthetic", None, 8, exclude="vertical", verbose=False)
+    data, info = dataset.load_dataset("synthetic", None, 8, exclude="vertical", verbose=False)
     assert (info["kept"], info["dropped"]) == (256, 256)
-    assert all(dataset[i][1] == 0 for i in range(0, 256, 37))
+    assert all(data[i][1] == 0 for i in range(0, 256, 37))
 
 
 @pytest.mark.skipif(not os.path.isdir(MNIST5K), reason="../shared/data/mnist5k absent")
 def test_mnist_exclude_keeps_exactly_the_other_digits():
-    from torchvision.datasets import MNIST
-
     labels = MNIST(MNIST5K, train=True).targets
-    dataset, info = utils.load_dataset("mnist", MNIST5K, 32, exclude="8", verbose=False)
+    data, info = dataset.load_dataset("mnist", MNIST5K, 32, exclude="8", verbose=False)
     assert info["kept"] == int((labels != 8).sum()) and info["dropped"] == int((labels == 8).sum())
-    assert all(dataset[i][1] != 8 for i in range(len(dataset)))
-    image, _ = dataset[0]
+    assert all(data[i][1] != 8 for i in range(len(data)))
+    image, _ = data[0]
     assert image.shape == (3, 32, 32) and image.min() >= -1 and image.max() <= 1
     assert torch.equal(image[0], image[1])  # gray replicated to 3 channels
 
 
 def test_celeba_attribute_table(tmp_path):
-    from PIL import Image
-
     images = tmp_path / "images"
     images.mkdir()
     for i in range(4):
         Image.new("RGB", (20, 24), (i * 60, 0, 0)).save(images / f"{i}.jpg")
     table = tmp_path / "attr.txt"
     table.write_text("4\nBangs Eyeglasses\n0.jpg 1 -1\n1.jpg -1 -1\n2.jpg 1 1\n3.jpg -1 1\n")
-    dataset, info = utils.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Bangs",
+    data, info = dataset.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Bangs",
                                        verbose=False)
     assert (info["kept"], info["dropped"]) == (2, 2) and info["attributes"] == ["Bangs", "Eyeglasses"]
-    image, attributes = dataset[1]
+    image, attributes = data[1]
     assert image.shape == (3, 16, 16) and attributes.tolist() == [0.0, 1.0]
 
     table.write_text("Bangs Eyeglasses\n0.jpg 1 -1\n9.jpg -1 -1\n")
     with pytest.raises(utils.UserError, match="do not match"):
-        utils.load_dataset("celeba", str(images), 16, attributes=str(table))
+        dataset.load_dataset("celeba", str(images), 16, attributes=str(table))
     with pytest.raises(utils.UserError, match="not an attribute"):
         table.write_text("Bangs Eyeglasses\n0.jpg 1 -1\n")
-        utils.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Hat")
+        dataset.load_dataset("celeba", str(images), 16, attributes=str(table), exclude="Hat")
 
 
 def test_folder_dataset_and_exclude(tmp_path):
-    from PIL import Image
-
     for name, count in (("cat", 3), ("dog", 2)):
         (tmp_path / name).mkdir()
         for i in range(count):
             Image.new("RGB", (30, 20), (0, 99, 0)).save(tmp_path / name / f"{i}.png")
-    dataset, info = utils.load_dataset("folder", str(tmp_path), 16, exclude="cat", verbose=False)
+    data, info = dataset.load_dataset("folder", str(tmp_path), 16, exclude="cat", verbose=False)
     assert info["classes"] == ["cat", "dog"] and info["kept"] == 2
-    assert dataset[0][0].shape == (3, 16, 16) and dataset[0][1] == 1
+    assert data[0][0].shape == (3, 16, 16) and data[0][1] == 1
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -142,18 +144,15 @@ def test_folder_dataset_and_exclude(tmp_path):
     (["--dataset", "folder", "--data", "no/such/folder"], "no such folder"),
     (["--dataset", "celeba", "--data", "."], "needs --attributes"),
 ])
-def test_bad_input_is_one_line(tmp_path, extra, message):
-    env = dict(os.environ)
+def test_bad_input_is_one_line(tmp_path, monkeypatch, extra, message):
     if "--batch" in extra:
-        env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
-    done = run(*TINY, "--iter", "1", "--out", str(tmp_path / "x"), *extra, check=False, env=env, timeout=120)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    assert message in cli_error(train_stylegan2, *TINY, "--iter", "1", "--out", tmp_path / "x", *extra)
 
 
-def test_unusable_device_is_one_line(tmp_path):
-    """No machine has 8 GPUs here: with none or one the message names the device and the fix."""
+def test_cli_error_is_one_line_and_writes_nothing(tmp_path):
+    """The CLI wiring: a process with an unusable --device exits 2 with one line naming the device
+    and the fix (no machine here has 8 GPUs), before it makes --out."""
     done = run(*TINY, "--iter", "1", "--device", "cuda:7", "--out", str(tmp_path / "x"), check=False)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "--device cuda:7: torch sees" in lines[0], done.stderr
@@ -177,8 +176,6 @@ def test_check_device(monkeypatch):
 def test_more_processes_than_gpus_is_a_user_error(monkeypatch):
     """torchrun with 2 processes on a 1-GPU node: the second process gets a one-line error, not
     torch's 'invalid device ordinal' from inside set_device."""
-    import train_stylegan2
-
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -190,17 +187,21 @@ def test_more_processes_than_gpus_is_a_user_error(monkeypatch):
 
 def test_resume_with_other_architecture_is_one_line(tmp_path):
     out = str(tmp_path / "run")
-    run(*TINY, "--iter", "1", "--out", out)
-    done = run(*TINY, "--iter", "3", "--ckpt", os.path.join(out, "final.pt"), "--channel_max", "16",
-               "--out", out, check=False)
-    assert done.returncode == 2 and "channel_max 8 in the file vs 16 asked for" in done.stderr
+    run_main(train_stylegan2, *TINY, "--iter", "1", "--out", out)
+    last = cli_error(train_stylegan2, *TINY, "--iter", "3", "--ckpt", os.path.join(out, "pretrained.pt"),
+                     "--channel_max", "16", "--out", out)
+    assert "channel_max 8 in the file vs 16 asked for" in last
 
 
 def test_unwritable_out_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    done = run(*TINY, "--iter", "1", "--out", str(blocker / "sub"), check=False)
-    assert done.returncode == 2 and "cannot write to --out" in done.stderr
+    assert "cannot write to --out" in cli_error(train_stylegan2, *TINY, "--iter", "1", "--out", blocker / "sub")
+
+
+def test_exclude_writes_retrained_pt(tmp_path):
+    run_main(train_stylegan2, *TINY, "--iter", "1", "--exclude", "vertical", "--out", tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.joinpath("run").glob("*.pt")) == ["retrained.pt"]
 
 
 def test_two_process_ddp_on_cpu(tmp_path):
@@ -209,7 +210,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
                SCRIPT, *TINY, "--device", "cpu", "--iter", "3", "--out", out]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    ckpt = utils.load_checkpoint(os.path.join(out, "final.pt"), "stylegan2")
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, "pretrained.pt"), "stylegan2")
     assert ckpt["step"] == 3
 
 
@@ -217,15 +218,13 @@ def test_same_seed_same_weights(tmp_path):
     """--seed fixes everything: initial weights, noise, mixing, batch order."""
     states = []
     for name in ("a", "b"):
-        run(*TINY, "--iter", "3", "--out", str(tmp_path / name))
-        states.append(utils.load_checkpoint(str(tmp_path / name / "final.pt"))["g_ema"])
+        run_main(train_stylegan2, *TINY, "--iter", "3", "--out", tmp_path / name)
+        states.append(checkpoint.load_checkpoint(str(tmp_path / name / "pretrained.pt"))["g_ema"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 @pytest.mark.parametrize("batch", [4, 16, 32])
 def test_ema_half_life_is_ema_kimg_thousand_images(batch):
-    import argparse
-
     args = argparse.Namespace(batch=batch, ema_kimg=0.5)
     steps = 500 / batch  # 500 images (a fixed 32 images a step would give 0.25 at batch 16)
-    assert utils.ema_decay(args) ** steps == pytest.approx(0.5, rel=1e-9)
+    assert gan.ema_decay(args) ** steps == pytest.approx(0.5, rel=1e-9)

@@ -1,0 +1,272 @@
+"""Checkpoints: plain dicts of tensors and JSON-able values, written atomically and read with
+`torch.load(..., weights_only=True)`, each with a "kind" that its reader checks.
+
+Each writer stands beside its reader: generators (ours and rosinality's train.py files, whose
+architecture is inferred), classifiers, and the feedback of negative_adapt.py. Every failure
+to read is a one-line UserError naming the file.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+
+import torch
+
+from model import CLASSIFIERS, ClassifierEnsemble, Discriminator, Generator, build_classifier
+from utils import UserError, atomic_write
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and writing
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(obj, path):
+    """torch.save a checkpoint dict atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path, kind=None):
+    """Load a checkpoint dict with weights_only=True; `kind` ("stylegan2", "classifier",
+    "feedback") is checked. rosinality's train.py files (no "kind", an argparse.Namespace as
+    "args") are read as "stylegan2", with "args" turned into a dict and "model_args" inferred.
+    Every failure is a one-line UserError naming the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: refused to unpickle it (only tensors and plain values are loaded): {first_line}")
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as err:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
+
+    if "kind" not in ckpt and ("g_ema" in ckpt or "g" in ckpt):  # rosinality/stylegan2-pytorch
+        ckpt["kind"] = "stylegan2"
+        if isinstance(ckpt.get("args"), argparse.Namespace):
+            ckpt["args"] = vars(ckpt["args"])
+    found = ckpt.get("kind", "unknown")
+    if kind is not None and found != kind:
+        raise UserError(f"{path} is a {found} checkpoint, but a {kind} checkpoint is expected here")
+    if found == "stylegan2" and "model_args" not in ckpt:
+        ckpt["model_args"] = infer_model_args(ckpt, path)
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# Generators (StyleGAN2)
+# --------------------------------------------------------------------------------------------
+
+
+MODEL_ARG_NAMES = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
+
+
+def infer_model_args(ckpt, path):
+    """Constructor arguments of a checkpoint without "model_args": from rosinality's training
+    options when present, else from the generator's tensor shapes."""
+    args = ckpt.get("args") or {}
+    state = ckpt.get("g_ema", ckpt.get("g"))
+    if state is None:
+        raise UserError(f"{path}: a StyleGAN2 checkpoint needs a 'g_ema' or 'g' state dict")
+    try:
+        n_mlp = sum(1 for key in state if key.startswith("style.") and key.endswith(".weight"))
+        style_dim = state["style.1.weight"].shape[0]
+        size = 2 ** (sum(1 for key in state if re.fullmatch(r"to_rgbs\.\d+\.bias", key)) + 2)
+        base_width = state["input.input"].shape[1]
+    except KeyError as err:
+        raise UserError(f"{path}: not a StyleGAN2 generator state dict (no {err.args[0]})")
+    channel_multiplier = 2
+    if size >= 64:  # width at 64 px is 256 * channel_multiplier unless capped
+        width64 = state[f"convs.{2 * (6 - 3)}.conv.weight"].shape[1]
+        if width64 < base_width or base_width == 512:
+            channel_multiplier = max(1, width64 // 256)
+    return {
+        "size": int(args.get("size", size)),
+        "style_dim": int(args.get("latent", style_dim)),
+        "n_mlp": int(args.get("n_mlp", n_mlp)),
+        "channel_multiplier": int(args.get("channel_multiplier", channel_multiplier)),
+        "channel_max": int(base_width) if base_width < 512 else 512,
+    }
+
+
+def complete_model_args(model_args):
+    """model_args with the constructor defaults filled in, so files always record all five."""
+    return {"channel_multiplier": 2, "channel_max": 512,
+            **{k: v for k, v in model_args.items() if k in MODEL_ARG_NAMES}}
+
+
+def describe_model_args(model_args):
+    return ", ".join(f"{k}={model_args[k]}" for k in MODEL_ARG_NAMES if k in model_args)
+
+
+def load_state_strict(module, state, path, key):
+    """load_state_dict(strict=True), with a mismatch reported as one line naming what differs."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        if wrong:
+            k = wrong[0]
+            what = f"'{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}"
+        elif missing:
+            what = f"{len(missing)} tensors missing, e.g. '{missing[0]}'"
+        else:
+            what = f"{len(unexpected)} unexpected tensors, e.g. '{unexpected[0]}'"
+        raise UserError(f"{path}: '{key}' does not fit {type(module).__name__}: {what}")
+    module.load_state_dict(state, strict=True)
+
+
+def build_stylegan2(model_args, which=("g", "d", "g_ema")):
+    """Fresh networks from model_args: a dict name -> module for the names in `which`."""
+    gen_args = complete_model_args(model_args)
+    disc_args = {k: gen_args[k] for k in ("size", "channel_multiplier", "channel_max")}
+    return {name: Discriminator(**disc_args) if name == "d" else Generator(**gen_args) for name in which}
+
+
+def load_stylegan2(path, which=("g", "d", "g_ema"), device="cpu", expect_model_args=None):
+    """Networks from a StyleGAN2 checkpoint (ours or rosinality's), loaded strictly.
+
+    Returns (dict name -> module on `device`, the checkpoint dict). With `expect_model_args`,
+    any constructor argument given there that differs from the file's is a one-line error.
+    """
+    ckpt = load_checkpoint(path, "stylegan2")
+    model_args = ckpt["model_args"] = complete_model_args(ckpt["model_args"])
+    if expect_model_args:
+        diff = [f"{k} {model_args.get(k)} in the file vs {v} asked for" for k, v in expect_model_args.items()
+                if k in MODEL_ARG_NAMES and model_args.get(k, v) != v]
+        if diff:
+            raise UserError(f"{path}: architecture differs: " + "; ".join(diff))
+    try:
+        nets = build_stylegan2(model_args, which)
+    except ValueError as err:
+        raise UserError(f"{path}: bad model_args ({describe_model_args(model_args)}): {err}")
+    for name, net in nets.items():
+        if name not in ckpt:
+            raise UserError(f"{path}: has no '{name}' state dict")
+        load_state_strict(net, ckpt[name], path, name)
+        net.to(device)
+    return nets, ckpt
+
+
+def load_generator(path, device="cpu"):
+    """The generator to sample from: `g_ema` of a StyleGAN2 checkpoint (else `g`), in eval mode."""
+    ckpt = load_checkpoint(path, "stylegan2")
+    which = "g_ema" if "g_ema" in ckpt else "g"
+    nets, ckpt = load_stylegan2(path, (which,), device)
+    return nets[which].eval().requires_grad_(False), ckpt
+
+
+def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None, mean_path_length=None):
+    """A StyleGAN2 checkpoint dict: rosinality's keys + kind, model_args, step, args, sources, and the
+    running path length that a later fine-tuning starts from."""
+    ckpt = {name: net.state_dict() for name, net in nets.items()}
+    for name, optim in (optimizers or {}).items():
+        ckpt[name] = optim.state_dict()
+    ckpt.update(kind="stylegan2", model_args=complete_model_args(model_args), step=int(step),
+                args=plain_args(args), sources=dict(sources))
+    if method is not None:
+        ckpt["method"] = method
+    if mean_path_length is not None:
+        ckpt["mean_path_length"] = float(mean_path_length)
+    return ckpt
+
+
+def save_generator(path, nets, model_args, args, step, sources, optimizers=None, method=None,
+                   mean_path_length=None, **extra):
+    """Write `stylegan2_checkpoint(...)` to `path`, with `extra` keys beside (e.g. the random
+    state a resumed run continues from). Returns the path."""
+    ckpt = stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers, method, mean_path_length)
+    save_checkpoint({**ckpt, **extra}, path)
+    return path
+
+
+def plain_args(args):
+    """vars(args) with only JSON-able values, so the checkpoint loads with weights_only=True."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return json.loads(json.dumps(values, default=str))
+
+
+def state_fingerprint(state_dict):
+    """sha256 of a state dict's tensors (names, shapes and values): identifies a generator."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+
+# --------------------------------------------------------------------------------------------
+# Classifiers
+# --------------------------------------------------------------------------------------------
+
+
+def class_names(meta):
+    """The names of a classifier's outputs: its classes, or its attributes when multi-label."""
+    return list(meta["attributes"] if meta["multilabel"] else meta["classes"])
+
+
+def load_classifier(path, device="cpu"):
+    """A classifier checkpoint -> (model on `device` in eval mode, meta = the checkpoint's other
+    fields plus "path"). A checkpoint with "members" > 1 holds an ensemble (model.ClassifierEnsemble,
+    keys "members.{i}.*"); it is used like one network. Always eval(): BatchNorm must not use the
+    statistics of a generated batch (the official AFHQ code forgot it)."""
+    ckpt = load_checkpoint(path, "classifier")
+    missing = [k for k in ("model", "arch", "multilabel", "image_size", "channels", "normalization")
+               if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: classifier checkpoint lacks {', '.join(missing)}")
+    if ckpt["arch"] not in CLASSIFIERS:
+        raise UserError(f"{path}: unknown classifier arch {ckpt['arch']!r} (known: {', '.join(CLASSIFIERS)})")
+    meta = {k: v for k, v in ckpt.items() if k != "model"}
+    meta["path"] = path
+    n_members = int(ckpt.get("members", 1))
+    try:
+        members = [build_classifier(ckpt["arch"], len(class_names(meta)), ckpt["channels"]) for _ in range(n_members)]
+    except ValueError as err:
+        raise UserError(f"{path}: {err}")
+    model = members[0] if n_members == 1 else ClassifierEnsemble(members, ckpt["multilabel"])
+    load_state_strict(model, ckpt["model"], path, "model")
+    return model.to(device).eval().requires_grad_(False), meta
+
+
+
+def save_classifier(path, model, meta, **fields):
+    """Write a classifier checkpoint: its weights, `meta` (arch, classes or attributes, multilabel,
+    image_size, channels, normalization, data_size) and `fields` (accuracy, args, sources...)."""
+    save_checkpoint({"kind": "classifier", "model": model.state_dict(), **meta, **fields}, path)
+    return path
+
+
+
+# --------------------------------------------------------------------------------------------
+# Feedback (negative_adapt.py -> unlearn.py)
+# --------------------------------------------------------------------------------------------
+
+
+def save_feedback(path, images, negative, labelled_by, fingerprint, **fields):
+    """Write the labelled samples: `images` uint8 [N, 3, H, W] as the user saw them, `negative`
+    bool [N], how they were labelled, and the fingerprint of the generator they came from
+    (`fields`: z, the seed, args, sources)."""
+    save_checkpoint({"kind": "feedback", "images": images, "negative": negative, "labelled_by": labelled_by,
+                     "generator_fingerprint": fingerprint, **fields}, path)
+    return path
+
+
+def load_feedback(path, fingerprint):
+    """A feedback file made from the generator whose `state_fingerprint` is `fingerprint`."""
+    feedback = load_checkpoint(path, "feedback")
+    if feedback.get("generator_fingerprint") != fingerprint:
+        raise UserError(f"--feedback {path} was made from another generator "
+                        f"({feedback.get('sources', {}).get('ckpt', 'unknown')}), not from --ckpt")
+    return feedback

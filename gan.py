@@ -1,0 +1,238 @@
+"""The StyleGAN2 training recipe (rosinality's), shared unchanged by pre-training, Stage 1,
+Stage 2 and every baseline: the non-saturating loss, lazy R1 and path-length regularisation,
+style mixing, the EMA generator, optimisers, one G/D step, the loop, and sample grids at
+fixed latents. What differs between the stages is only the generator's extra loss (EWC,
+repulsion, ℓ1) and which tensors train.
+"""
+
+import math
+import random
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from method import fisher_diagonal
+from utils import UserError, from_uint8, save_image_grid
+
+
+def add_gan_training_args(parser):
+    """The flags of the StyleGAN2 training recipe, with rosinality's defaults."""
+    parser.add_argument("--batch", type=int, default=16, help="batch size (over all processes)")
+    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
+    parser.add_argument("--r1", type=float, default=10, help="R1 penalty weight gamma on real images")
+    parser.add_argument("--d_reg_every", type=int, default=16, help="lazy R1: apply every this many steps (0 = never)")
+    parser.add_argument("--path_regularize", type=float, default=2, help="path-length regularisation weight")
+    parser.add_argument("--path_batch_shrink", type=int, default=2, help="batch divisor for the path-length pass")
+    parser.add_argument("--g_reg_every", type=int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
+    parser.add_argument("--mixing", type=float, default=0.9, help="probability of style mixing (two latents)")
+    parser.add_argument("--ema_kimg", type=float, default=10,
+                        help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000))")
+    return parser
+
+
+def make_optimizers(g, d, args, g_params=None):
+    """Adam for G and D with the lazy-regularisation ratio c = k / (k + 1) on lr and betas."""
+    def adam(params, reg_every):
+        ratio = reg_every / (reg_every + 1) if reg_every > 0 else 1
+        return torch.optim.Adam(params, lr=args.lr * ratio, betas=(0.0, 0.99 ** ratio))
+    g_params = list(g.parameters()) if g_params is None else g_params
+    return adam(g_params, args.g_reg_every), adam(d.parameters(), args.d_reg_every)
+
+
+def ema_decay(args):
+    # per step, so that the half-life is ema_kimg thousand images at any batch size (rosinality's
+    # 32 in place of the batch is this formula at batch 32)
+    return 0.5 ** (args.batch / (args.ema_kimg * 1000))
+
+
+@torch.no_grad()
+def accumulate(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, on all parameters at once."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+
+def mixing_noise(batch, latent_dim, prob, device):
+    """One latent batch, or two (for style mixing) with probability `prob`."""
+    if prob > 0 and random.random() < prob:
+        return list(torch.randn(2, batch, latent_dim, device=device).unbind(0))
+    return [torch.randn(batch, latent_dim, device=device)]
+
+
+def d_logistic_loss(real_pred, fake_pred):
+    return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
+
+
+def d_r1_loss(real_pred, real_img):
+    """R1: the squared norm of D's gradient at the real images, averaged over the batch."""
+    (grad_real,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    return grad_real.square().reshape(grad_real.shape[0], -1).sum(1).mean()
+
+
+def g_nonsaturating_loss(fake_pred):
+    return F.softplus(-fake_pred).mean()
+
+
+def g_path_regularize(fake_img, latents, mean_path_length, decay=0.01):
+    """Path-length penalty: deviation of |J_w^T y| (y random image-space noise) from its running mean."""
+    noise = torch.randn_like(fake_img) / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
+    (grad,) = torch.autograd.grad((fake_img * noise).sum(), latents, create_graph=True)
+    path_lengths = grad.square().sum(2).mean(1).sqrt()
+    path_mean = mean_path_length + decay * (path_lengths.mean().detach() - mean_path_length)
+    return (path_lengths - path_mean).square().mean(), path_mean.detach(), path_lengths
+
+
+def all_reduce_gradients(module):
+    """Average the gradients of `module` over all processes (a no-op without torch.distributed).
+
+    Used instead of DistributedDataParallel: the regularisers differentiate through D and G with
+    autograd.grad, which DDP's gradient hooks do not support."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    torch._foreach_copy_(grads, [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+class GANStep:
+    """One iteration of the StyleGAN2 recipe (non-saturating loss, lazy R1 and path-length
+    regularisation, EMA), used unchanged by every stage that trains a GAN.
+
+    `g_extra_loss(g)`, if given, returns a term added to the generator's loss (EWC, repulsion,
+    l1); the optimizers decide which tensors are updated (CF-k and EU-k give G's a subset).
+    Under torch.distributed every process runs it on its own batch and gradients are averaged.
+    """
+
+    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, mean_path_length=0.0, device="cpu"):
+        self.g, self.d, self.g_ema, self.args = g, d, g_ema, args
+        self.g_optim, self.d_optim = g_optim, d_optim
+        self.g_extra_loss = g_extra_loss
+        self.device = device
+        self.decay = ema_decay(args)
+        # fine-tuning must start from the checkpoint's running path length: from 0 the path-length
+        # penalty would pull G's Jacobian towards zero for hundreds of steps and blur the samples
+        self.mean_path_length = torch.tensor(float(mean_path_length), device=device)
+
+    def _update(self, loss, module, optim):
+        module.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_gradients(module)
+        optim.step()
+
+    def __call__(self, real_img, step):
+        """Train on one batch of real images; returns a dict of detached scalar losses."""
+        args, g, d = self.args, self.g, self.d
+        batch, style_dim = real_img.shape[0], g.style_dim
+        losses = {}
+
+        # discriminator
+        g.requires_grad_(False)
+        d.requires_grad_(True)
+        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
+        d_loss = d_logistic_loss(d(real_img), d(fake_img))
+        self._update(d_loss, d, self.d_optim)
+        losses["d"] = d_loss.detach()
+
+        if args.d_reg_every > 0 and step % args.d_reg_every == 0:
+            real_img = real_img.detach().requires_grad_(True)
+            r1 = d_r1_loss(d(real_img), real_img)
+            # applied every d_reg_every steps, so scaled up by as much
+            self._update(args.r1 / 2 * r1 * args.d_reg_every, d, self.d_optim)
+            losses["r1"] = r1.detach()
+
+        # generator
+        g.requires_grad_(True)
+        d.requires_grad_(False)
+        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
+        g_loss = g_nonsaturating_loss(d(fake_img))
+        losses["g"] = g_loss.detach()
+        if self.g_extra_loss is not None:
+            extra = self.g_extra_loss(g)
+            g_loss = g_loss + extra
+            losses["extra"] = extra.detach()
+        self._update(g_loss, g, self.g_optim)
+
+        if args.g_reg_every > 0 and args.path_regularize > 0 and step % args.g_reg_every == 0:
+            path_batch = max(1, batch // args.path_batch_shrink)
+            fake_img, latents = g(mixing_noise(path_batch, style_dim, args.mixing, self.device),
+                                  return_latents=True)
+            path_loss, self.mean_path_length, _ = g_path_regularize(fake_img, latents, self.mean_path_length)
+            self._update(args.path_regularize * args.g_reg_every * path_loss, g, self.g_optim)
+            losses["path"] = path_loss.detach()
+
+        accumulate(self.g_ema, g, self.decay)
+        return losses
+
+
+def run_gan_training(gan_step, next_batch, start, iters, log_every=10, sample=None, sample_every=0,
+                     save=None, save_every=0, last_good=None, show=True, desc=""):
+    """Run steps start..iters-1 of `gan_step` on batches from `next_batch()`, with a progress bar.
+
+    `sample(done)` runs every `sample_every` steps and after the last one; `save(done)` runs
+    every `save_every` steps before the last one and returns the path it wrote (the caller
+    writes its own final file). A NaN or infinite loss stops the run with a one-line UserError
+    naming the step and the last checkpoint written (or `last_good`).
+    """
+    bar = tqdm(range(start, iters), initial=start, total=iters, disable=not show, dynamic_ncols=True,
+               smoothing=0.1)
+    for step in bar:
+        losses = gan_step(next_batch(), step)
+        done = step + 1
+        if step % log_every == 0 or done == iters:
+            values = {k: float(v) for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                raise UserError(f"a loss became NaN or infinite at step {step} "
+                                f"({', '.join(f'{k} {v:.3g}' for k, v in values.items())}); last good "
+                                f"checkpoint: {last_good or 'none'}; lower --lr, or resume from it")
+            bar.set_description(desc + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if sample is not None and sample_every and (done % sample_every == 0 or done == iters):
+            sample(done)
+        if save is not None and save_every and done % save_every == 0 and done < iters:
+            last_good = save(done)
+
+
+def random_batches(images_uint8, batch, device):
+    """`next_batch()` for training on a small fixed set of uint8 images (the feedback samples):
+    the set moves to `device` once, as uint8; each call draws `batch` images uniformly with
+    replacement (so a set smaller than a batch works too) and returns them in [-1, 1]."""
+    images_uint8 = images_uint8.to(device)
+
+    def next_batch():
+        index = torch.randint(len(images_uint8), (batch,), device=device)
+        return from_uint8(images_uint8[index])
+    return next_batch
+
+
+def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
+    """Fisher diagonal of all of `g`'s parameters at their current values: the mean squared
+    gradient of D's raw output on `n_samples` generated images (paper eq. 3; as the official
+    code, the raw logit stands for the log-likelihood). Returns a list aligned with g.parameters()."""
+    if n_samples < 4 or n_samples % 4:
+        raise UserError(f"--fisher_samples {n_samples}: must be a positive multiple of 4 "
+                        "(the discriminator's minibatch-stddev groups)")
+    params = list(g.parameters())
+    was_training = g.training
+    g.requires_grad_(True)
+    d.requires_grad_(False)
+    batches = []
+    for start in range(0, n_samples, 16):  # D's minibatch-stddev groups stay those of training
+        size = min(16, n_samples - start)
+        images, _ = g(mixing_noise(size, g.style_dim, mixing, device))
+        batches.append(d(images).reshape(-1))
+    fisher = fisher_diagonal(params, torch.cat(batches))
+    g.train(was_training)
+    return fisher
+
+
+
+@torch.no_grad()
+def save_samples(g_ema, sample_z, path):
+    """The sample grid of a run: `g_ema` on the fixed latents `sample_z` [N, style_dim] with its
+    constant noise, √N images a row, as PNG."""
+    images, _ = g_ema([sample_z], randomize_noise=False)
+    save_image_grid(images, path, nrow=int(math.sqrt(len(sample_z))))
