@@ -16,6 +16,7 @@ import math
 import random
 
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -457,8 +458,6 @@ class TorchvisionClassifier(nn.Module):
 
     def __init__(self, arch, num_outputs, channels=3):
         super().__init__()
-        import torchvision
-
         if channels != 3:
             raise ValueError(f"{arch} takes 3-channel input, not {channels}")
         net = getattr(torchvision.models, arch)(weights=None, num_classes=num_outputs)

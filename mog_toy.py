@@ -397,7 +397,7 @@ def create_argparser():
     parser.add_argument("--mu", type=float, default=None,
                         help="μ of every repulsion loss (default: " +
                              ", ".join(f"{loss} {mu:g}" for loss, mu in DEFAULT_MU.items()) + ")")
-    parser.add_argument("--alpha", type=float, default=1.0, help="α of el2")
+    parser.add_argument("--alpha", type=float, default=1.0, help="α of el2 = μ·exp(−α·d)")
     parser.add_argument("--gamma", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0],
                         help="extrapolation factors γ in θ_G + γ(θ_G − mean θ_N); γ > 0 moves away")
     parser.add_argument("--n_eval", type=int, default=10_000, help="fixed latents (and reference points) for the metrics")

@@ -115,7 +115,7 @@ METHODS = {
     "ewc": Method(setup_ewc, "+ the EWC penalty of Stage 1 around θ_G (EWC adaptation to the positives)"),
     "cf_k": Method(setup_cf_k, "only the last --last_k parameter tensors train (catastrophic forgetting-k)"),
     "eu_k": Method(setup_eu_k, "the same tensors are re-initialised, then trained (exact unlearning-k)"),
-    "l1_sparse": Method(setup_l1_sparse, "+ --l1 · Σ|θ| over all generator parameters (ℓ1-sparse fine-tuning)"),
+    "l1_sparse": Method(setup_l1_sparse, "+ --l1 · ‖θ‖₁ over all generator parameters (ℓ1-sparse fine-tuning)"),
 }
 
 

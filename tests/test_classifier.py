@@ -1,4 +1,4 @@
-"""train_classifier.py and the classifier helpers of utils.py: preprocessing, checkpoints, decisions."""
+"""train_classifier.py and the classifier helpers of metrics.py and checkpoint.py: preprocessing, checkpoints, decisions."""
 
 import os
 import subprocess
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.utils import make_grid
 
-import train_classifier
 import checkpoint
 import dataset
 import metrics
+import train_classifier
 import utils
-from model import CLASSIFIERS, build_classifier
+from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")
@@ -140,8 +141,6 @@ class _FixedLogits(torch.nn.Module):
 
 
 def test_ensemble_decides_by_the_mean_probability():
-    from model import ClassifierEnsemble
-
     a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     b = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
     members = [_FixedLogits(a, torch.ones(2, 4)), _FixedLogits(b, torch.zeros(2, 4))]
@@ -165,8 +164,6 @@ def test_ensemble_decides_by_the_mean_probability():
 
 
 def test_ensemble_members_are_the_single_seed_networks(tmp_path, synthetic_classifier):
-    from model import ClassifierEnsemble
-
     with pytest.raises(utils.UserError, match="--members must be at least 1"):
         train_classifier.main(train_args(tmp_path / "none", members=0))
     ckpt = train_classifier.main(train_args(tmp_path / "ens", epochs=3, members=2))
@@ -270,3 +267,16 @@ def test_mnist5k_loads_as_ten_classes():
     assert info["classes"] == [str(i) for i in range(10)] and len(data) > 0
     image, label = data[0]
     assert image.shape == (3, 32, 32) and -1 <= image.min() and image.max() <= 1
+
+
+def test_image_grid_equals_torchvision_make_grid():
+    """utils.image_grid is written out so that no script needs torchvision for a PNG: it must lay
+    images out exactly as make_grid(normalize=True, value_range=(-1, 1), padding=1)."""
+    images = torch.rand(7, 3, 5, 4, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
+    for n, nrow in ((7, 3), (7, 8), (4, 2), (1, 8)):
+        expected = make_grid(images[:n].clone().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1),
+                             padding=1)
+        assert torch.equal(utils.image_grid(images[:n], nrow), expected), (n, nrow)
+    gray = images[:3, :1]
+    assert torch.equal(utils.image_grid(gray, 2), make_grid(gray.clone().clamp(-1, 1), nrow=2, normalize=True,
+                                                             value_range=(-1, 1), padding=1))

@@ -1,4 +1,4 @@
-"""evaluate.py and the metric helpers of utils.py: Fréchet distance, PUL, sampling, Inception pipeline."""
+"""evaluate.py and the helpers of metrics.py: Fréchet distance, PUL, sampling, Inception pipeline."""
 
 import argparse
 import json
@@ -13,8 +13,8 @@ import scipy.linalg
 import torch
 from torch import nn
 
-import evaluate
 import checkpoint
+import evaluate
 import metrics
 import utils
 from model import LeNet5

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-import model
 import checkpoint
+import model
 import utils
 from model import Discriminator, Generator, ModulatedConv2d
 
