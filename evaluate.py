@@ -27,7 +27,6 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import checkpoint
@@ -36,17 +35,11 @@ import metrics
 import utils
 
 
-def short_name(path):
-    """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
-    parts = os.path.normpath(path).split(os.sep)
-    return os.path.join(*parts[-2:]) if len(parts) > 1 else parts[0]
-
-
 def load_generators(args):
     """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
     --retrained; all must draw the same latents (same style_dim) at the same size."""
     entries = [("reference", "pre-trained (reference)", args.reference)]
-    entries += [("evaluated", short_name(path), path) for path in args.ckpt]
+    entries += [("evaluated", utils.short_name(path), path) for path in args.ckpt]
     if args.retrained:
         entries.append(("retrained", "retraining", args.retrained))
     generators = []
@@ -240,24 +233,8 @@ def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, ne
         flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).tolist()
         rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
 
-    size = rows[0][1].shape[1]
-    cell, pad, head = max(64, size), 6, 22
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = int(max(probe.textlength(label) for label, _, _ in rows)) + 12
-    width = label_w + len(indices) * (cell + pad) + pad
-    canvas = Image.new("RGB", (max(width, 420), head + len(rows) * (cell + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under the "
-                      f"reference; red frame: classified '{name}'", fill="black")
-    for r, (label, images, flags) in enumerate(rows):
-        y = head + pad + r * (cell + pad)
-        draw.text((4, y + cell // 2 - 6), label, fill="black")
-        for c, (image, flag) in enumerate(zip(images, flags)):
-            x = label_w + pad + c * (cell + pad)
-            canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
-            if flag:
-                draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(220, 0, 0), width=3)
-    utils.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+    utils.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
+                                         f"the reference; red frame: classified '{name}'")
 
 
 def fid_of_files(paths):

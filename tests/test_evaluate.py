@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from PIL import Image
 from torch import nn
 
 import checkpoint
 import evaluate
+import generate
 import metrics
 import utils
+from conftest import cli_error, run_main
 from model import LeNet5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -412,3 +415,69 @@ def test_evaluate_with_inception_features(files, random_inception, tmp_path):
     mu, sigma, fields = metrics.load_statistics(str(out / "real_stats.npz"))
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and fields["n_images"] == "2"
     assert record["checkpoints"][0]["fid"] == pytest.approx(record["reference"]["fid"])
+
+
+# --- generate.py ---------------------------------------------------------------------------
+
+
+def test_parse_seeds():
+    assert generate.parse_seeds("0-3,42") == [0, 1, 2, 3, 42]
+    assert generate.parse_seeds("5, 2-3 ,5") == [5, 2, 3]
+    for bad, words in (("a", "not a seed"), ("3-1", "runs backwards"), ("1,,2", "not a seed"), ("-1", "not a seed")):
+        with pytest.raises(utils.UserError, match=words):
+            generate.parse_seeds(bad)
+
+
+def png(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("noise", ["const", "random"])
+def test_generate_a_seed_gives_its_image_whatever_else_is_asked(files, tmp_path, noise):
+    run_main(generate, "--ckpt", files["reference"], "--seeds", "0-5", "--batch", 2, "--noise", noise,
+             "--device", "cpu", "--out", tmp_path / "a")
+    run_main(generate, "--ckpt", files["reference"], "--seeds", "3,1", "--batch", 16, "--noise", noise,
+             "--device", "cpu", "--out", tmp_path / "b")
+    folder = generate.folder_name(0, files["reference"])
+    for seed in (1, 3):
+        a, b = (png(tmp_path / run / folder / f"seed{seed:04d}.png") for run in ("a", "b"))
+        assert a.shape == (16, 16, 3) and np.array_equal(a, b), seed
+    assert not np.array_equal(png(tmp_path / "a" / folder / "seed0001.png"), png(tmp_path / "a" / folder / "seed0003.png"))
+    # the seed's image is sample 0 of that seed in the evaluation's stream (with its noise maps)
+    if noise == "random":
+        g, _ = checkpoint.load_generator(files["reference"])
+        z, maps = metrics.seeded_inputs(g, [0], 3)
+        expected = utils.to_uint8(g([z], noise=maps)[0])[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(png(tmp_path / "a" / folder / "seed0003.png"), expected)
+
+
+def test_generate_truncation_zero_gives_the_mean_latent_image(files, tmp_path):
+    rows = run_main(generate, "--ckpt", files["reference"], files["retrained"], "--seeds", "0-3", "--trunc", 0,
+                    "--device", "cpu", "--out", tmp_path)
+    assert [label for label, _, _ in rows] == [utils.short_name(files["reference"]), utils.short_name(files["retrained"])]
+    for _, tiles, _ in rows:  # ψ = 0: every seed maps to w_avg, and the noise is the fixed one
+        assert all(np.array_equal(tile, tiles[0]) for tile in tiles)
+    assert not np.array_equal(rows[0][1][0], rows[1][1][0])
+    assert Image.open(tmp_path / "grid.png").size[1] > 2 * 64
+
+
+def test_generate_frames_and_counts_the_negatives(files, tmp_path, capsys):
+    rows = run_main(generate, "--ckpt", files["reference"], "--seeds", "0-11", "--classifier", files["classifier"],
+                    "--negative", "horizontal", "--device", "cpu", "--out", tmp_path)
+    _, tiles, flags = rows[0]
+    clf, meta = checkpoint.load_classifier(files["classifier"])
+    images = utils.from_uint8(torch.from_numpy(tiles).permute(0, 3, 1, 2))
+    expected = metrics.negative_mask(metrics.classify(clf, meta, images), meta, 0).tolist()
+    assert flags == expected and 0 < sum(flags) < 12
+    assert f"{sum(flags)} of 12 samples" in capsys.readouterr().out
+
+
+def test_generate_user_errors(files, tmp_path):
+    cases = [(["--seeds", "7-2"], "runs backwards"), (["--trunc", "1.5"], "between 0 and 1"),
+             (["--classifier", files["classifier"]], "go together"),
+             (["--classifier", files["classifier"], "--negative", "diagonal"], "not a class"),
+             (["--batch", "0"], "at least 1")]
+    for flags, words in cases:
+        assert words in cli_error(generate, "--ckpt", files["reference"], *flags, "--out", tmp_path / "x")
+    assert "is a classifier checkpoint" in cli_error(generate, "--ckpt", files["classifier"], "--out", tmp_path / "x")
+    assert not (tmp_path / "x").exists()

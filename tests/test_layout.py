@@ -12,6 +12,7 @@ import pytest
 import bench
 import evaluate
 import extrapolate
+import generate
 import mog_toy
 import negative_adapt
 import train_classifier
@@ -20,7 +21,8 @@ import unlearn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"train_stylegan2": train_stylegan2, "train_classifier": train_classifier, "negative_adapt": negative_adapt,
-           "unlearn": unlearn, "extrapolate": extrapolate, "evaluate": evaluate, "mog_toy": mog_toy, "bench": bench}
+           "unlearn": unlearn, "extrapolate": extrapolate, "evaluate": evaluate, "generate": generate,
+           "mog_toy": mog_toy, "bench": bench}
 # module -> the project modules it may import (each only from below it)
 MODULES = {"utils": set(), "method": set(), "model": {"op"}, "dataset": {"utils"},
            "checkpoint": {"model", "utils"}, "metrics": {"checkpoint", "utils"}, "gan": {"method", "utils"}}

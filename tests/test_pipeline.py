@@ -167,6 +167,11 @@ def test_the_stages_run_from_the_command_line(chain, adapted):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0 and f"wrote {unlearned}" in done.stdout, done.stderr[-3000:]
     assert checkpoint.load_checkpoint(str(unlearned), "stylegan2")["step"] == 1
+    done = subprocess.run(command("generate.py", "--ckpt", chain["gan"], unlearned, "--seeds", "0-3",
+                                  "--classifier", chain["clf"], "--negative", chain["negative"], "--out", root / "cli_samples"),
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and done.stdout.count(f"are '{chain['negative']}'") == 2, done.stderr[-3000:]
+    assert (root / "cli_samples" / "grid.png").is_file()
 
 
 def test_bad_input(chain, adapted):
