@@ -1,9 +1,12 @@
 """Checkpoints: plain dicts of tensors and JSON-able values, written atomically and read with
 `torch.load(..., weights_only=True)`, each with a "kind" that its reader checks.
 
-Each writer stands beside its reader: generators (ours and rosinality's train.py files, whose
-architecture is inferred), classifiers, and the feedback of negative_adapt.py. Every failure
-to read is a one-line UserError naming the file.
+Each writer stands beside its reader: generators (ours, rosinality's train.py files, whose
+architecture is inferred, and NVlabs .pkl snapshots, read as data by nvlabs.py), classifiers,
+and the feedback of negative_adapt.py. Every failure to read is a one-line UserError naming the
+file.
+
+    python checkpoint.py convert network-snapshot-000800.pkl pretrained.pt   # NVlabs .pkl -> ours
 """
 
 import argparse
@@ -15,8 +18,9 @@ import re
 
 import torch
 
+import nvlabs
 from model import CLASSIFIERS, ClassifierEnsemble, Discriminator, Generator, build_classifier
-from utils import UserError, atomic_write
+from utils import UserError, atomic_write, make_parser, run_cli
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,6 +40,8 @@ def load_checkpoint(path, kind=None):
     Every failure is a one-line UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
+    if path.endswith(".pkl"):
+        return check_kind(read_nvlabs_pkl(path), path, kind)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -52,11 +58,29 @@ def load_checkpoint(path, kind=None):
         ckpt["kind"] = "stylegan2"
         if isinstance(ckpt.get("args"), argparse.Namespace):
             ckpt["args"] = vars(ckpt["args"])
+    if ckpt.get("kind") == "stylegan2" and "model_args" not in ckpt:
+        ckpt["model_args"] = infer_model_args(ckpt, path)
+    return check_kind(ckpt, path, kind)
+
+
+def check_kind(ckpt, path, kind):
     found = ckpt.get("kind", "unknown")
     if kind is not None and found != kind:
         raise UserError(f"{path} is a {found} checkpoint, but a {kind} checkpoint is expected here")
-    if found == "stylegan2" and "model_args" not in ckpt:
-        ckpt["model_args"] = infer_model_args(ckpt, path)
+    return ckpt
+
+
+def read_nvlabs_pkl(path):
+    """An NVlabs network pickle as our StyleGAN2 checkpoint dict (nvlabs.py reads it as data). The
+    blur kernels, fixed buffers of model.py (NVlabs keeps them as its resample filters, checked
+    there), come from freshly built networks."""
+    ckpt = nvlabs.read_network_pkl(path)
+    fresh = build_stylegan2(ckpt["model_args"])
+    for name, net in fresh.items():  # in model.py's order, so the fingerprint is that of the same .pt
+        own = net.state_dict()
+        kernels = {k: v for k, v in own.items() if k.endswith("kernel")}
+        merged = {**kernels, **ckpt[name]}
+        ckpt[name] = {**{k: merged[k] for k in own if k in merged}, **merged}
     return ckpt
 
 
@@ -270,3 +294,34 @@ def load_feedback(path, fingerprint):
         raise UserError(f"--feedback {path} was made from another generator "
                         f"({feedback.get('sources', {}).get('ckpt', 'unknown')}), not from --ckpt")
     return feedback
+
+
+def convert(args):
+    """`convert IN.pkl OUT.pt`: an NVlabs snapshot as a checkpoint of ours (g, g_ema, d, model_args,
+    and w_avg as latent_avg), loaded strictly into model.py's networks before it is written."""
+    if not args.input.endswith(".pkl"):
+        raise UserError(f"{args.input}: convert reads NVlabs .pkl files (ours and rosinality's .pt load as they are)")
+    nets, ckpt = load_stylegan2(args.input)
+    out = os.path.abspath(args.output)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UserError(f"{args.output}: no such folder {os.path.dirname(out)}")
+    save_generator(args.output, nets, ckpt["model_args"], vars(args), 0, {"nvlabs_pkl": os.path.abspath(args.input)},
+                   latent_avg=ckpt["latent_avg"], nvlabs=ckpt["nvlabs"])
+    print(f"wrote {args.output} ({describe_model_args(ckpt['model_args'])})")
+
+
+def create_argparser():
+    parser = make_parser(__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert_parser = commands.add_parser("convert", help="write an NVlabs .pkl snapshot as a checkpoint of ours")
+    convert_parser.add_argument("input", help="network-snapshot-*.pkl of stylegan2-ada-pytorch or stylegan3 (StyleGAN2 config)")
+    convert_parser.add_argument("output", help="the .pt file to write")
+    return parser
+
+
+def main(args):
+    return {"convert": convert}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main, create_argparser().parse_args())

@@ -14,6 +14,7 @@ import torch
 import checkpoint
 import evaluate
 import extrapolate
+import generate
 import metrics
 import negative_adapt
 import train_classifier
@@ -21,6 +22,7 @@ import train_stylegan2
 import unlearn
 import utils
 from conftest import cli_error, run_main
+from nvlabs_format import discriminator, generator, write_snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_CPU = os.path.join(ROOT, "mnist_cpu.sh")
@@ -449,3 +451,28 @@ def test_mnist_cpu_stops_on_a_failed_scoring_call(tmp_path):
     assert started in (sorted(first_calls[:5]), sorted(first_calls)), started
     assert not (digit / "results.md").exists()
     assert "evaluation, wall" not in (digit / "times.tsv").read_text()
+
+
+def test_an_nvlabs_snapshot_goes_through_the_chain(chain, adapted, tmp_path):
+    """The chain's GAN as an NVlabs-format .pkl: the same generator (same fingerprint, same feedback),
+    and every stage reads it: negative_adapt -> unlearn -> evaluate -> generate."""
+    nets, _ = checkpoint.load_stylegan2(chain["gan"])
+    w_avg = nets["g_ema"].mean_latent(64)[0].detach()
+    pkl = write_snapshot(str(tmp_path / "network-snapshot-000040.pkl"), generator(nets["g"], w_avg),
+                         discriminator(nets["d"], 8), generator(nets["g_ema"], w_avg))
+    run_main(negative_adapt, "--ckpt", pkl, "--classifier", chain["clf"], "--negative", chain["negative"],
+             "--n_feedback", 200, "--n_models", 1, "--iter", 2, "--fisher_samples", 8, "--n_eval", 20, *SHORT,
+             "--out", tmp_path / "adapt")
+    ours, theirs = (checkpoint.load_checkpoint(str(p), "feedback")
+                    for p in (adapted["feedback"], tmp_path / "adapt" / "feedback.pt"))
+    assert torch.equal(ours["images"], theirs["images"]) and torch.equal(ours["negative"], theirs["negative"])
+    assert ours["generator_fingerprint"] == theirs["generator_fingerprint"]
+    run_main(unlearn, "--ckpt", pkl, "--feedback", tmp_path / "adapt" / "feedback.pt", "--adapted",
+             tmp_path / "adapt" / "adapted_0.pt", "--iter", 2, *SHORT, "--out", tmp_path / "unlearn")
+    record = run_main(evaluate, tmp_path / "unlearn" / "unlearned.pt", "--reference", pkl, "--classifier", chain["clf"],
+                      "--negative", chain["negative"], "--dataset", "synthetic", "--features", "classifier",
+                      "--n_eval", 100, "--n_fid", 50, "--n_sample", 0, "--out", tmp_path / "eval")
+    assert record["reference"]["negatives"] > 0 and record["checkpoints"][0]["fid"] >= 0
+    rows = run_main(generate, "--ckpt", pkl, tmp_path / "unlearn" / "unlearned.pt", "--seeds", "0-3",
+                    "--out", tmp_path / "samples")
+    assert len(rows) == 2 and (tmp_path / "samples" / "grid.png").is_file()
