@@ -314,7 +314,8 @@ def create_argparser():
     parser = make_parser(__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     convert_parser = commands.add_parser("convert", help="write an NVlabs .pkl snapshot as a checkpoint of ours")
-    convert_parser.add_argument("input", help="network-snapshot-*.pkl of stylegan2-ada-pytorch or stylegan3 (StyleGAN2 config)")
+    convert_parser.add_argument("input",
+                                help="network-snapshot-*.pkl of stylegan2-ada-pytorch or stylegan3 (StyleGAN2 config)")
     convert_parser.add_argument("output", help="the .pt file to write")
     return parser
 

@@ -260,7 +260,8 @@ def check_args(args):
 def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("ckpt", nargs="*", help="generator checkpoints to evaluate (several seeds: mean ± std)")
-    parser.add_argument("--reference", help="the pre-trained generator (PUL baseline, first row of the grid)")
+    parser.add_argument("--reference",
+                        help="the pre-trained generator, .pt or NVlabs .pkl (PUL baseline, first row of the grid)")
     parser.add_argument("--classifier", help="classifier checkpoint from train_classifier.py")
     parser.add_argument("--negative", help="the unlearned class (name or index) or attribute, among the classifier's")
     parser.add_argument("--retrained", default=None, help="generator retrained without the negatives (Ret-FID)")

@@ -21,7 +21,8 @@ import utils
 
 def create_argparser():
     parser = utils.make_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
+    parser.add_argument("--ckpt", required=True,
+                        help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--adapted", nargs="+", required=True, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
     parser.add_argument("--gamma", type=float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
     parser.add_argument("--out", default="runs/extrapolate", help="output folder")

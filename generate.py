@@ -77,7 +77,7 @@ def folder_name(row, path):
 def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", nargs="+", required=True,
-                        help="generator checkpoints (.pt of this repository or of rosinality's train.py): one grid row each")
+                        help="generator checkpoints (.pt of ours or rosinality's, NVlabs .pkl): one grid row each")
     parser.add_argument("--seeds", default="0-7", help="seeds to draw, e.g. 0-7,42 (ranges inclusive): one grid column each")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation ψ (1 = none; 0.7 is common for pictures)")
     parser.add_argument("--noise", choices=["const", "random"], default="const",

@@ -149,7 +149,8 @@ def negative_share(g, classifier, meta, index, n, seed, batch, device):
 
 def create_argparser():
     parser = utils.make_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
+    parser.add_argument("--ckpt", required=True,
+                        help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--out", default="runs/adapt", help="output folder")
     parser.add_argument("--n_feedback", type=int, default=1000, help="samples shown to the user (the paper: 1000)")
     parser.add_argument("--feedback_seed", type=int, default=0, help="seed of the feedback samples' latents and noise")

@@ -123,7 +123,9 @@ def create_argparser():
     dataset.add_data_args(parser)
     parser.add_argument("--out", default="runs/stylegan2", help="output folder")
     parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
-    parser.add_argument("--ckpt", default=None, help="resume from this checkpoint of a run (architecture is read from it)")
+    parser.add_argument("--ckpt", default=None,
+                        help="resume from this checkpoint of a run, or fine-tune from a rosinality .pt or an NVlabs "
+                             ".pkl (the architecture is read from it)")
     parser.add_argument("--size", type=int, default=None, help="image size, a power of two (default 32)")
     parser.add_argument("--style_dim", type=int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
     parser.add_argument("--n_mlp", type=int, default=None, help="mapping network layers (default 8)")

@@ -121,7 +121,8 @@ METHODS = {
 
 def create_argparser():
     parser = utils.make_parser(__doc__)
-    parser.add_argument("--ckpt", required=True, help="the pre-trained StyleGAN2 checkpoint (θ_G = its g_ema)")
+    parser.add_argument("--ckpt", required=True,
+                        help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--feedback", required=True, help="feedback.pt written by negative_adapt.py from the same --ckpt")
     parser.add_argument("--adapted", nargs="*", default=None, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
     parser.add_argument("--out", default="runs/unlearn", help="output folder")
