@@ -28,8 +28,24 @@ from utils import UserError, atomic_write, make_parser, run_cli
 # --------------------------------------------------------------------------------------------
 
 
+def non_finite(obj, name=""):
+    """The name of the first floating tensor in `obj` (nested dicts and lists) holding NaN or
+    infinity, else None."""
+    if torch.is_tensor(obj):
+        return name if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(obj, path):
-    """torch.save a checkpoint dict atomically."""
+    """torch.save a checkpoint dict atomically; one holding NaN or infinity is never written."""
+    bad = non_finite(obj)
+    if bad is not None:
+        raise UserError(f"refused to write {path}: '{bad}' holds NaN or infinite values")
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

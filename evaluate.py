@@ -251,8 +251,6 @@ def check_args(args):
                                         ("--negative", args.negative)) if value is None]
     if missing:
         raise utils.UserError(f"{', '.join(missing)} required (or use --fid A.npz B.npz)")
-    if args.n_eval < 1 or args.n_fid < 0 or args.batch < 1 or args.n_sample < 0 or args.seed < 0:
-        raise utils.UserError("--n_eval and --batch must be >= 1; --n_fid, --n_sample and --seed >= 0")
     if args.n_fid and args.features == "inception" and args.inception is None:
         metrics.load_fid_inception(None)  # raises the error that says where to get the weights
 
@@ -269,7 +267,7 @@ def create_argparser():
     dataset.add_data_args(parser, exclude=False)
     parser.add_argument("--real_split", choices=["train", "test"], default=None,
                         help="split of the real reference set (default: test for mnist, as the official code; train otherwise)")
-    parser.add_argument("--n_real", type=int, default=None, help="use only the first N real images (default: all)")
+    parser.add_argument("--n_real", type=utils.positive_int, default=None, help="use only the first N real images (default: all)")
     parser.add_argument("--real_stats", default=None,
                         help=".npz (keys mu, sigma) of the real reference set: read when it exists, else computed and written there")
     parser.add_argument("--features", choices=["inception", "classifier"], default="inception",
@@ -277,16 +275,16 @@ def create_argparser():
                              "(labelled 'classifier-feature FID'; no download)")
     parser.add_argument("--inception", default=None,
                         help=f"the FID Inception weights {metrics.FID_WEIGHTS_NAME} ({metrics.FID_WEIGHTS_URL})")
-    parser.add_argument("--n_eval", type=int, default=15000,
+    parser.add_argument("--n_eval", type=utils.positive_int, default=15000,
                         help="samples per generator for PUL and side effects (paper: 15,000)")
-    parser.add_argument("--n_fid", type=int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
-    parser.add_argument("--n_sample", type=int, default=8,
+    parser.add_argument("--n_fid", type=utils.nonnegative_int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
+    parser.add_argument("--n_sample", type=utils.nonnegative_int, default=8,
                         help="columns of the comparison grid, the same latents in every row (0: no grid)")
     parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
                         help="only print the FID between two statistics files and exit")
-    parser.add_argument("--batch", type=int, default=64, help="generation and feature batch size")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the real data")
-    parser.add_argument("--seed", type=int, default=1,
+    parser.add_argument("--batch", type=utils.positive_int, default=64, help="generation and feature batch size")
+    parser.add_argument("--workers", type=utils.nonnegative_int, default=0, help="DataLoader workers for the real data")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=1,
                         help="seed of the evaluation latents, the same for every generator (not 0: negative_adapt.py "
                              "shows the user the samples of seed 0, which must not be scored)")
     parser.add_argument("--cache", default=None,

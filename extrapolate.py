@@ -24,10 +24,10 @@ def create_argparser():
     parser.add_argument("--ckpt", required=True,
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--adapted", nargs="+", required=True, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
-    parser.add_argument("--gamma", type=float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
+    parser.add_argument("--gamma", type=utils.finite_float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
     parser.add_argument("--out", default="runs/extrapolate", help="output folder")
-    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample grid's latents")
+    parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each sample grid (fixed latents)")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="seed of the sample grid's latents")
     return parser
 
 

@@ -13,20 +13,21 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from method import fisher_diagonal
-from utils import UserError, from_uint8, save_image_grid
+from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
+                   save_image_grid)
 
 
 def add_gan_training_args(parser):
     """The flags of the StyleGAN2 training recipe, with rosinality's defaults."""
-    parser.add_argument("--batch", type=int, default=16, help="batch size (over all processes)")
-    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
-    parser.add_argument("--r1", type=float, default=10, help="R1 penalty weight gamma on real images")
-    parser.add_argument("--d_reg_every", type=int, default=16, help="lazy R1: apply every this many steps (0 = never)")
-    parser.add_argument("--path_regularize", type=float, default=2, help="path-length regularisation weight")
-    parser.add_argument("--path_batch_shrink", type=int, default=2, help="batch divisor for the path-length pass")
-    parser.add_argument("--g_reg_every", type=int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
-    parser.add_argument("--mixing", type=float, default=0.9, help="probability of style mixing (two latents)")
-    parser.add_argument("--ema_kimg", type=float, default=10,
+    parser.add_argument("--batch", type=positive_int, default=16, help="batch size (over all processes)")
+    parser.add_argument("--lr", type=positive_float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
+    parser.add_argument("--r1", type=nonnegative_float, default=10, help="R1 penalty weight gamma on real images")
+    parser.add_argument("--d_reg_every", type=nonnegative_int, default=16, help="lazy R1: apply every this many steps (0 = never)")
+    parser.add_argument("--path_regularize", type=nonnegative_float, default=2, help="path-length regularisation weight")
+    parser.add_argument("--path_batch_shrink", type=positive_int, default=2, help="batch divisor for the path-length pass")
+    parser.add_argument("--g_reg_every", type=nonnegative_int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
+    parser.add_argument("--mixing", type=probability, default=0.9, help="probability of style mixing (two latents)")
+    parser.add_argument("--ema_kimg", type=positive_float, default=10,
                         help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000))")
     return parser
 
@@ -175,25 +176,37 @@ def run_gan_training(gan_step, next_batch, start, iters, log_every=10, sample=No
 
     `sample(done)` runs every `sample_every` steps and after the last one; `save(done)` runs
     every `save_every` steps before the last one and returns the path it wrote (the caller
-    writes its own final file). A NaN or infinite loss stops the run with a one-line UserError
-    naming the step and the last checkpoint written (or `last_good`).
+    writes its own final file). Every step's losses are checked for NaN and infinity on their
+    device (no host sync per step on a GPU); the flag is read at each progress update, before
+    each sample grid or save and after the last step, and a bad step stops the run with a
+    one-line UserError naming it and the last checkpoint written (or `last_good`).
     """
     bar = tqdm(range(start, iters), initial=start, total=iters, disable=not show, dynamic_ncols=True,
                smoothing=0.1)
+    first_bad = None  # on the losses' device: the first step with a non-finite loss, else -1
     for step in bar:
         losses = gan_step(next_batch(), step)
+        finite = torch.stack([torch.isfinite(v).all() for v in losses.values()]).all()
+        if first_bad is None:
+            first_bad = torch.full((), -1, dtype=torch.long, device=finite.device)
+        first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, step))
         done = step + 1
-        if step % log_every == 0 or done == iters:
+        due_sample = sample is not None and sample_every and (done % sample_every == 0 or done == iters)
+        due_save = save is not None and save_every and done % save_every == 0 and done < iters
+        if step % log_every == 0 or done == iters or due_sample or due_save:
             values = {k: float(v) for k, v in losses.items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise UserError(f"a loss became NaN or infinite at step {step} "
-                                f"({', '.join(f'{k} {v:.3g}' for k, v in values.items())}); last good "
+            if int(first_bad) >= 0:
+                raise UserError(f"a loss became NaN or infinite at step {int(first_bad)} (now "
+                                f"{', '.join(f'{k} {v:.3g}' for k, v in values.items())}); last good "
                                 f"checkpoint: {last_good or 'none'}; lower --lr, or resume from it")
             bar.set_description(desc + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
-        if sample is not None and sample_every and (done % sample_every == 0 or done == iters):
+        if due_sample:
             sample(done)
-        if save is not None and save_every and done % save_every == 0 and done < iters:
-            last_good = save(done)
+        if due_save:
+            try:
+                last_good = save(done)
+            except UserError as err:  # a checkpoint holding NaN is refused, not written
+                raise UserError(f"{err}; last good checkpoint: {last_good or 'none'}")
 
 
 def random_batches(images_uint8, batch, device):

@@ -79,12 +79,12 @@ def create_argparser():
     parser.add_argument("--ckpt", nargs="+", required=True,
                         help="generator checkpoints (.pt of ours or rosinality's, NVlabs .pkl): one grid row each")
     parser.add_argument("--seeds", default="0-7", help="seeds to draw, e.g. 0-7,42 (ranges inclusive): one grid column each")
-    parser.add_argument("--trunc", type=float, default=1.0, help="truncation ψ (1 = none; 0.7 is common for pictures)")
+    parser.add_argument("--trunc", type=utils.probability, default=1.0, help="truncation ψ (1 = none; 0.7 is common for pictures)")
     parser.add_argument("--noise", choices=["const", "random"], default="const",
                         help="noise maps: each generator's fixed ones, or drawn from each seed's stream")
     parser.add_argument("--classifier", default=None, help="classifier checkpoint: frame the tiles it calls --negative")
     parser.add_argument("--negative", default=None, help="with --classifier: the class (name or index) or attribute")
-    parser.add_argument("--batch", type=int, default=16, help="images generated at once (does not change them)")
+    parser.add_argument("--batch", type=utils.positive_int, default=16, help="images generated at once (does not change them)")
     parser.add_argument("--out", default="runs/samples", help="output folder")
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
     return parser
@@ -92,10 +92,6 @@ def create_argparser():
 
 def main(args):
     seeds = parse_seeds(args.seeds)
-    if args.batch < 1:
-        raise utils.UserError(f"--batch {args.batch}: must be at least 1")
-    if not 0 <= args.trunc <= 1:
-        raise utils.UserError(f"--trunc {args.trunc}: truncation ψ must be between 0 and 1")
     if (args.classifier is None) != (args.negative is None):
         raise utils.UserError("--classifier and --negative go together: the classifier frames the tiles of --negative")
     oracle = None

@@ -322,13 +322,6 @@ def check_args(args):
         raise utils.UserError(f"--negative mode {outside[0]} is out of range: modes are 0..{args.n_modes - 1}")
     if len(set(args.negative)) == args.n_modes:
         raise utils.UserError("--negative lists every mode: nothing would be left to generate")
-    for flag in ("radius", "std", "lr", "stage_lr"):
-        if getattr(args, flag) <= 0:
-            raise utils.UserError(f"--{flag} must be positive")
-    for flag in ("n_models", "batch", "n_feedback", "fisher_samples", "pretrain_iter", "adapt_iter",
-                 "unlearn_iter", "r1_every", "threads"):
-        if getattr(args, flag) < 1:
-            raise utils.UserError(f"--{flag} must be at least 1")
     if args.n_eval < 2:
         raise utils.UserError("--n_eval must be at least 2")
 
@@ -367,41 +360,41 @@ def print_table(rows):
 def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--out", type=str, default="runs/mog_toy", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
     parser.add_argument("--method", nargs="+", default=["repulsion"], choices=list(METHODS) + ["all"],
                         help="what to run after Stage 1: repulsion (Stage 2 with each --repulsion loss), finetune "
                              "(Stage 2 without repulsion, the paper's ablation), extrapolation (each --gamma); all")
-    parser.add_argument("--n_modes", type=int, default=8, help="Gaussians on the circle")
-    parser.add_argument("--radius", type=float, default=2.0, help="radius of the circle of modes")
-    parser.add_argument("--std", type=float, default=0.05, help="standard deviation of each Gaussian")
+    parser.add_argument("--n_modes", type=utils.positive_int, default=8, help="Gaussians on the circle")
+    parser.add_argument("--radius", type=utils.positive_float, default=2.0, help="radius of the circle of modes")
+    parser.add_argument("--std", type=utils.positive_float, default=0.05, help="standard deviation of each Gaussian")
     parser.add_argument("--negative", type=int, nargs="+", default=[0, 1], help="modes the user marks negative")
-    parser.add_argument("--n_feedback", type=int, default=1000, help="samples of the pre-trained G the user labels")
-    parser.add_argument("--n_models", type=int, default=5, help="k, the adapted generators of Stage 1")
-    parser.add_argument("--z_dim", type=int, default=8, help="latent dimension")
-    parser.add_argument("--g_width", type=int, default=64, help="hidden width of G")
-    parser.add_argument("--g_layers", type=int, default=4, help="hidden layers of G")
-    parser.add_argument("--d_width", type=int, default=128, help="hidden width of D")
-    parser.add_argument("--d_layers", type=int, default=3, help="hidden layers of D")
-    parser.add_argument("--batch", type=int, default=256, help="batch size (per copy)")
-    parser.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate of G and D in pre-training")
-    parser.add_argument("--stage_lr", type=float, default=1e-3, help="Adam learning rate in Stages 1 and 2")
-    parser.add_argument("--r1", type=float, default=0.1, help="R1 gradient penalty weight on D (real points), all stages")
-    parser.add_argument("--r1_every", type=int, default=4, help="apply R1 every this many D steps (lazy)")
-    parser.add_argument("--pretrain_iter", type=int, default=5000, help="pre-training iterations")
-    parser.add_argument("--adapt_iter", type=int, default=300, help="Stage-1 iterations")
-    parser.add_argument("--unlearn_iter", type=int, default=1000, help="Stage-2 iterations")
-    parser.add_argument("--fisher_samples", type=int, default=256, help="generated samples for the Fisher")
-    parser.add_argument("--ewc_lambda", type=float, default=1e3, help="λ of the EWC penalty (Stage 1)")
+    parser.add_argument("--n_feedback", type=utils.positive_int, default=1000, help="samples of the pre-trained G the user labels")
+    parser.add_argument("--n_models", type=utils.positive_int, default=5, help="k, the adapted generators of Stage 1")
+    parser.add_argument("--z_dim", type=utils.positive_int, default=8, help="latent dimension")
+    parser.add_argument("--g_width", type=utils.positive_int, default=64, help="hidden width of G")
+    parser.add_argument("--g_layers", type=utils.positive_int, default=4, help="hidden layers of G")
+    parser.add_argument("--d_width", type=utils.positive_int, default=128, help="hidden width of D")
+    parser.add_argument("--d_layers", type=utils.positive_int, default=3, help="hidden layers of D")
+    parser.add_argument("--batch", type=utils.positive_int, default=256, help="batch size (per copy)")
+    parser.add_argument("--lr", type=utils.positive_float, default=5e-3, help="Adam learning rate of G and D in pre-training")
+    parser.add_argument("--stage_lr", type=utils.positive_float, default=1e-3, help="Adam learning rate in Stages 1 and 2")
+    parser.add_argument("--r1", type=utils.nonnegative_float, default=0.1, help="R1 gradient penalty weight on D (real points), all stages")
+    parser.add_argument("--r1_every", type=utils.positive_int, default=4, help="apply R1 every this many D steps (lazy)")
+    parser.add_argument("--pretrain_iter", type=utils.positive_int, default=5000, help="pre-training iterations")
+    parser.add_argument("--adapt_iter", type=utils.positive_int, default=300, help="Stage-1 iterations")
+    parser.add_argument("--unlearn_iter", type=utils.positive_int, default=1000, help="Stage-2 iterations")
+    parser.add_argument("--fisher_samples", type=utils.positive_int, default=256, help="generated samples for the Fisher")
+    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=1e3, help="λ of the EWC penalty (Stage 1)")
     parser.add_argument("--repulsion", nargs="+", default=["el2"], choices=list(DEFAULT_MU) + ["all"],
                         help="repulsion losses on d (relative: 1 at θ_G): el2 = μ·exp(−α·d), nl2 = −μ·d, il2 = μ/d")
-    parser.add_argument("--mu", type=float, default=None,
+    parser.add_argument("--mu", type=utils.nonnegative_float, default=None,
                         help="μ of every repulsion loss (default: " +
                              ", ".join(f"{loss} {mu:g}" for loss, mu in DEFAULT_MU.items()) + ")")
-    parser.add_argument("--alpha", type=float, default=1.0, help="α of el2 = μ·exp(−α·d)")
-    parser.add_argument("--gamma", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0],
+    parser.add_argument("--alpha", type=utils.positive_float, default=1.0, help="α of el2 = μ·exp(−α·d)")
+    parser.add_argument("--gamma", type=utils.finite_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0],
                         help="extrapolation factors γ in θ_G + γ(θ_G − mean θ_N); γ > 0 moves away")
-    parser.add_argument("--n_eval", type=int, default=10_000, help="fixed latents (and reference points) for the metrics")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (small nets: 1 is fastest)")
+    parser.add_argument("--n_eval", type=utils.positive_int, default=10_000, help="fixed latents (and reference points) for the metrics")
+    parser.add_argument("--threads", type=utils.positive_int, default=1, help="torch CPU threads (small nets: 1 is fastest)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

@@ -152,26 +152,26 @@ def create_argparser():
     parser.add_argument("--ckpt", required=True,
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--out", default="runs/adapt", help="output folder")
-    parser.add_argument("--n_feedback", type=int, default=1000, help="samples shown to the user (the paper: 1000)")
-    parser.add_argument("--feedback_seed", type=int, default=0, help="seed of the feedback samples' latents and noise")
+    parser.add_argument("--n_feedback", type=utils.positive_int, default=1000, help="samples shown to the user (the paper: 1000)")
+    parser.add_argument("--feedback_seed", type=utils.nonnegative_int, default=0, help="seed of the feedback samples' latents and noise")
     who = parser.add_argument_group("who labels the samples")
     who.add_argument("--classifier", default=None, help="classifier checkpoint simulating the user (the oracle)")
     who.add_argument("--negative", default=None, help="with --classifier: the undesired class (name or index) or attribute")
     who.add_argument("--contact_sheet", action="store_true", help="write numbered contact sheets of the samples and stop")
     who.add_argument("--marked", type=int, nargs="+", default=None, help="indices (on the contact sheets) of undesired samples")
     who.add_argument("--marked_file", default=None, help="text file with those indices (whitespace or comma separated)")
-    parser.add_argument("--n_models", type=int, default=5, help="k, the number of adapted models (different seeds)")
-    parser.add_argument("--iter", type=int, default=2000, help="Stage-1 iterations per adapted model (official MNIST run: 2000)")
-    parser.add_argument("--ewc_lambda", type=float, default=5e8,
+    parser.add_argument("--n_models", type=utils.positive_int, default=5, help="k, the number of adapted models (different seeds)")
+    parser.add_argument("--iter", type=utils.positive_int, default=2000, help="Stage-1 iterations per adapted model (official MNIST run: 2000)")
+    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=5e8,
                         help="λ of the EWC penalty λ·Σ F (θ − θ_G)² (paper: 5e8; the official code's (λ/2)·Σ with 5e8 is 2.5e8 here)")
-    parser.add_argument("--fisher_samples", type=int, default=32, help="generated samples for the Fisher diagonal (multiple of 4)")
+    parser.add_argument("--fisher_samples", type=utils.positive_int, default=32, help="generated samples for the Fisher diagonal (multiple of 4)")
     gan.add_gan_training_args(parser)
-    parser.add_argument("--n_eval", type=int, default=500,
+    parser.add_argument("--n_eval", type=utils.positive_int, default=500,
                         help="with --classifier: samples per adapted model whose negative share is printed")
-    parser.add_argument("--n_sample", type=int, default=64, help="images in each adapted model's sample grid")
-    parser.add_argument("--batch_eval", type=int, default=100, help="batch size for generating and classifying")
-    parser.add_argument("--log_every", type=int, default=10, help="progress bar update (and NaN check) every this many steps")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (adapted model j uses seed + j)")
+    parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each adapted model's sample grid")
+    parser.add_argument("--batch_eval", type=utils.positive_int, default=100, help="batch size for generating and classifying")
+    parser.add_argument("--log_every", type=utils.positive_int, default=10, help="progress bar update (and NaN check) every this many steps")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed (adapted model j uses seed + j)")
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
     return parser
 
@@ -182,8 +182,6 @@ def main(args):
                               "and then --marked / --marked_file")
     if args.classifier is not None and args.negative is None:
         raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
-    if args.n_models < 1:
-        raise utils.UserError("--n_models must be at least 1")
     device = args.device
     # the oracle and --negative are checked before anything is generated or written
     oracle = None

@@ -165,6 +165,9 @@ def train(args, model, meta, train_loader, device):
             images = augment(images, args)
             logits = model(metrics.to_classifier_input(images, meta))
             loss, hits, count = loss_and_correct(logits, labels, meta["multilabel"])
+            if not torch.isfinite(loss):
+                raise utils.UserError(f"the loss became NaN or infinite in epoch {epoch + 1} ({loss.item():.3g}); "
+                                      "nothing was saved; lower --lr")
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -181,33 +184,33 @@ def create_argparser():
     dataset.add_data_args(parser, exclude=False)
     parser.add_argument("--test_data", default=None,
                         help="folder: a separate folder of the same classes for the test (e.g. AFHQ val)")
-    parser.add_argument("--test_fraction", type=float, default=0.1,
+    parser.add_argument("--test_fraction", type=utils.probability, default=0.1,
                         help="folder/celeba without --test_data: share of --data held out for the test")
     parser.add_argument("--arch", choices=list(CLASSIFIERS), default=None,
                         help=f"network ({archs}); default lenet for mnist, resnet50 for folder, "
                              f"resnext50_32x4d for celeba")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--size", type=utils.positive_int, default=None,
                         help="resolution the data is loaded at: the generator's (default 32 mnist, 256 folder/celeba)")
-    parser.add_argument("--image_size", type=int, default=None,
+    parser.add_argument("--image_size", type=utils.positive_int, default=None,
                         help="classifier input size (square); default the arch's; images are resized to it")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=None,
                         help="classifier input channels (1 = luma grayscale); default 1 for lenet on mnist, else 3")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 64)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 20 mnist, 10 folder/celeba)")
+    parser.add_argument("--batch", type=utils.positive_int, default=None, help="batch size (default 64)")
+    parser.add_argument("--epochs", type=utils.positive_int, default=None, help="epochs (default 20 mnist, 10 folder/celeba)")
     parser.add_argument("--optim", choices=list(OPTIMIZERS), default=None,
                         help="optimizer (default adamax for celeba as in the paper, adam otherwise)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="learning rate (paper: 2e-3)")
+    parser.add_argument("--lr", type=utils.positive_float, default=2e-3, help="learning rate (paper: 2e-3)")
     parser.add_argument("--hflip", action="store_true",
                         help="random horizontal flips (the paper's CelebA classifier used flips; not for digits)")
-    parser.add_argument("--translate", type=int, default=None,
+    parser.add_argument("--translate", type=utils.nonnegative_int, default=None,
                         help="random shifts by up to this many pixels of --size (default 2 for mnist, else 0)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--cache_gb", type=float, default=2,
+    parser.add_argument("--workers", type=utils.nonnegative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--cache_gb", type=utils.nonnegative_float, default=2,
                         help="keep the decoded data in memory (uint8) when it fits in this many GiB (0: never)")
-    parser.add_argument("--members", type=int, default=1,
+    parser.add_argument("--members", type=utils.positive_int, default=1,
                         help="train this many networks (seeds --seed, --seed+1, ...) and save them as one ensemble "
                              "that decides by their mean probability; FID features are the first member's")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
     parser.add_argument("--out", default="runs/classifier", help="output folder for classifier.pt and args.json")
     return parser
@@ -215,10 +218,6 @@ def create_argparser():
 
 def main(args):
     args = resolve_defaults(args)
-    if args.epochs < 1 or args.batch < 1:
-        raise utils.UserError("--epochs and --batch must be at least 1")
-    if args.members < 1:
-        raise utils.UserError("--members must be at least 1")
     utils.seed_everything(args.seed)
     utils.prepare_out_dir(args.out)
     utils.write_args_json(args.out, args)

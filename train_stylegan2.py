@@ -122,23 +122,23 @@ def create_argparser():
     parser = utils.make_parser(__doc__)
     dataset.add_data_args(parser)
     parser.add_argument("--out", default="runs/stylegan2", help="output folder")
-    parser.add_argument("--iter", type=int, default=200000, help="total training iterations (paper, MNIST: 200k)")
+    parser.add_argument("--iter", type=utils.positive_int, default=200000, help="total training iterations (paper, MNIST: 200k)")
     parser.add_argument("--ckpt", default=None,
                         help="resume from this checkpoint of a run, or fine-tune from a rosinality .pt or an NVlabs "
                              ".pkl (the architecture is read from it)")
-    parser.add_argument("--size", type=int, default=None, help="image size, a power of two (default 32)")
-    parser.add_argument("--style_dim", type=int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
-    parser.add_argument("--n_mlp", type=int, default=None, help="mapping network layers (default 8)")
-    parser.add_argument("--channel_multiplier", type=int, default=None, help="channel multiplier (default 2, config-f)")
-    parser.add_argument("--channel_max", type=int, default=None,
+    parser.add_argument("--size", type=utils.positive_int, default=None, help="image size, a power of two (default 32)")
+    parser.add_argument("--style_dim", type=utils.positive_int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
+    parser.add_argument("--n_mlp", type=utils.positive_int, default=None, help="mapping network layers (default 8)")
+    parser.add_argument("--channel_multiplier", type=utils.positive_int, default=None, help="channel multiplier (default 2, config-f)")
+    parser.add_argument("--channel_max", type=utils.positive_int, default=None,
                         help="cap on every layer's width (default 512 = rosinality's networks; e.g. 64 on a CPU)")
     gan.add_gan_training_args(parser)
-    parser.add_argument("--n_sample", type=int, default=64, help="images in each sample grid (fixed latents)")
-    parser.add_argument("--sample_every", type=int, default=1000, help="save a sample grid every this many steps")
-    parser.add_argument("--save_every", type=int, default=10000, help="save a checkpoint every this many steps")
-    parser.add_argument("--log_every", type=int, default=10, help="update the progress bar (and check for NaN) every this many steps")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each sample grid (fixed latents)")
+    parser.add_argument("--sample_every", type=utils.nonnegative_int, default=1000, help="save a sample grid every this many steps")
+    parser.add_argument("--save_every", type=utils.nonnegative_int, default=10000, help="save a checkpoint every this many steps")
+    parser.add_argument("--log_every", type=utils.positive_int, default=10, help="update the progress bar (and check for NaN) every this many steps")
+    parser.add_argument("--workers", type=utils.nonnegative_int, default=2, help="data loading processes")
+    parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed")
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu (default: cuda when available)")
     return parser
 

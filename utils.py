@@ -7,8 +7,10 @@ Imports torch, numpy and pillow only, so that any script (the toy too) can use i
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import sys
 import tempfile
 
@@ -75,19 +77,55 @@ def seed_everything(seed):
 
 
 def prepare_out_dir(out):
-    """Create `out` and fail early (not after an hour of training) when it is not writable."""
+    """Create `out` and fail early (not after an hour of training) when it is not writable.
+    Temporary files that a killed run left (atomic_write's `.NAME.*.tmp`) are removed."""
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out):
             pass
     except OSError as err:
         raise UserError(f"cannot write to --out {out}: {err.strerror}; choose another folder")
+    for folder, _, files in os.walk(out):
+        for name in files:
+            if TEMPORARY.fullmatch(name):
+                os.remove(os.path.join(folder, name))
     return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported in one line (not the usage block) and status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def make_parser(doc):
     """An ArgumentParser whose --help is the script's docstring followed by every flag."""
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    return ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+def _number(kind, low=None, above=None, high=None, what=""):
+    """An argparse type: `kind` (int or float), finite, and >= low / > above / <= high."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or (low is not None and value < low) \
+                or (above is not None and value <= above) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+# numeric flag types: bad values fail at parse time, in one line naming the flag
+positive_int = _number(int, low=1, what="a whole number of at least 1")
+nonnegative_int = _number(int, low=0, what="a whole number of at least 0")
+positive_float = _number(float, above=0, what="a finite number above 0")
+nonnegative_float = _number(float, low=0, what="a finite number of at least 0")
+finite_float = _number(float, what="a finite number")
+probability = _number(float, low=0, high=1, what="a number from 0 to 1")
 
 
 def write_args_json(out, args):
@@ -103,9 +141,22 @@ def write_args_json(out, args):
 # --------------------------------------------------------------------------------------------
 
 
+TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # the names atomic_write gives its temporary files
+
+
+def _file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # outputs follow the umask (0644 by default), not mkstemp's 0600
+
+
 def atomic_write(path, write):
     """Call `write(file)` on a temporary file beside `path`, then move it into place: readers
-    (and a run killed mid-write) see the old file or the new one, never half of one."""
+    (and a run killed mid-write) see the old file or the new one, never half of one. The
+    temporary file is hidden (`.NAME.XXXXXXXX.tmp`), so it is never taken for an output."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -113,6 +164,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -15,6 +15,7 @@ import dataset
 import metrics
 import train_classifier
 import utils
+from conftest import cli_error
 from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,8 +165,8 @@ def test_ensemble_decides_by_the_mean_probability():
 
 
 def test_ensemble_members_are_the_single_seed_networks(tmp_path, synthetic_classifier):
-    with pytest.raises(utils.UserError, match="--members must be at least 1"):
-        train_classifier.main(train_args(tmp_path / "none", members=0))
+    assert "--members: must be a whole number of at least 1" in cli_error(train_classifier, "--members", 0,
+                                                                           "--out", tmp_path / "none")
     ckpt = train_classifier.main(train_args(tmp_path / "ens", epochs=3, members=2))
     assert ckpt["members"] == 2 and len(ckpt["member_test_accuracy"]) == 2
     single_seed1 = train_classifier.main(train_args(tmp_path / "s1", epochs=3, seed=1))

@@ -473,10 +473,10 @@ def test_generate_frames_and_counts_the_negatives(files, tmp_path, capsys):
 
 
 def test_generate_user_errors(files, tmp_path):
-    cases = [(["--seeds", "7-2"], "runs backwards"), (["--trunc", "1.5"], "between 0 and 1"),
+    cases = [(["--seeds", "7-2"], "runs backwards"), (["--trunc", "1.5"], "--trunc: must be a number from 0 to 1"),
              (["--classifier", files["classifier"]], "go together"),
              (["--classifier", files["classifier"], "--negative", "diagonal"], "not a class"),
-             (["--batch", "0"], "at least 1")]
+             (["--batch", "0"], "--batch: must be a whole number of at least 1")]
     for flags, words in cases:
         assert words in cli_error(generate, "--ckpt", files["reference"], *flags, "--out", tmp_path / "x")
     assert "is a classifier checkpoint" in cli_error(generate, "--ckpt", files["classifier"], "--out", tmp_path / "x")

@@ -90,7 +90,7 @@ def run_toy(tmp_path, *flags):
 @pytest.mark.parametrize("flags, message", [
     (["--negative", "8"], "--negative mode 8 is out of range"),
     (["--negative", "0", "1", "2", "3", "4", "5", "6", "7"], "--negative lists every mode"),
-    (["--n_models", "0"], "--n_models must be at least 1"),
+    (["--n_models", "0"], "--n_models: must be a whole number of at least 1"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, flags, message):
     assert message in cli_error(mog_toy, "--out", tmp_path, "--quiet", *flags)
