@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import sys
 
 import torch
 
@@ -226,6 +227,34 @@ def save_generator(path, nets, model_args, args, step, sources, optimizers=None,
     ckpt = stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers, method, mean_path_length)
     save_checkpoint({**ckpt, **extra}, path)
     return path
+
+
+def load_adapted(paths, pretrained_ckpt, device="cpu"):
+    """The g_ema of each adapted_*.pt of negative_adapt.py, checked to belong to the pre-trained
+    checkpoint `pretrained_ckpt`: the same architecture, the generator fingerprint the file
+    records, no file twice, and none that is the pre-trained generator itself."""
+    if not paths:
+        raise UserError("--adapted needs at least one adapted_*.pt of negative_adapt.py")
+    theta_g = state_fingerprint(pretrained_ckpt["g_ema"])
+    nets, seen = [], {}
+    for path in paths:
+        net, ckpt = load_stylegan2(path, which=("g_ema",), device=device,
+                                   expect_model_args=pretrained_ckpt["model_args"])
+        own = state_fingerprint(ckpt["g_ema"])
+        if own == theta_g:
+            raise UserError(f"--adapted {path} is the pre-trained generator itself, not an adapted model")
+        if own in seen:
+            raise UserError(f"--adapted {path} is the same model as {seen[own]}: give each adapted model once")
+        recorded = ckpt.get("generator_fingerprint")
+        if recorded is None:
+            print(f"warning: --adapted {path} does not record which generator it was adapted from "
+                  "(made before this was recorded); it is trusted to come from --ckpt", file=sys.stderr)
+        elif recorded != theta_g:
+            raise UserError(f"--adapted {path} was adapted from another generator "
+                            f"({ckpt.get('sources', {}).get('ckpt', 'unknown')}), not from --ckpt")
+        seen[own] = path
+        nets.append(net["g_ema"])
+    return nets
 
 
 def plain_args(args):

@@ -32,14 +32,11 @@ def create_argparser():
 
 
 def main(args):
-    if not args.adapted:
-        raise utils.UserError("--adapted needs at least one adapted_*.pt of negative_adapt.py")
-    utils.prepare_out_dir(args.out)
     nets, ckpt = checkpoint.load_stylegan2(args.ckpt)
     model_args = ckpt["model_args"]
     theta_g = {name: tensor.clone() for name, tensor in nets["g_ema"].state_dict().items()}
-    theta_neg = [checkpoint.load_stylegan2(path, which=("g_ema",), expect_model_args=model_args)[0]["g_ema"].state_dict()
-                 for path in args.adapted]
+    theta_neg = [g.state_dict() for g in checkpoint.load_adapted(args.adapted, ckpt)]
+    utils.prepare_out_dir(args.out)
     utils.write_args_json(args.out, args)
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     sources = {"ckpt": os.path.abspath(args.ckpt)}

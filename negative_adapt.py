@@ -192,14 +192,14 @@ def main(args):
     model_args = ckpt["model_args"]
     if oracle is not None:
         metrics.check_classifier_fits(meta, model_args["size"])
-    utils.prepare_out_dir(args.out)
     g_ema = pretrained["g_ema"].eval()
     fingerprint = checkpoint.state_fingerprint(ckpt["g_ema"])
-    utils.write_args_json(args.out, args)
 
     if args.contact_sheet:
         images = torch.cat([batch.cpu() for _, batch in metrics.generate_images(
             g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
+        utils.prepare_out_dir(args.out)
+        utils.write_args_json(args.out, args)
         paths = write_contact_sheets(images, args.out)
         print(f"wrote {len(paths)} contact sheets ({paths[0]} ...). Note the numbers of the undesired samples, "
               f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
@@ -214,6 +214,9 @@ def main(args):
     theta_g = [p.detach().clone() for p in g_ema.parameters()]
 
     feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
+    # the inputs, the labels and the feedback's two classes are checked: only now is --out made
+    utils.prepare_out_dir(args.out)
+    utils.write_args_json(args.out, args)
     feedback_path = checkpoint.save_feedback(os.path.join(args.out, "feedback.pt"), **feedback)
     negative = feedback["negative"]
     save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
@@ -231,7 +234,7 @@ def main(args):
         path = os.path.join(args.out, f"adapted_{j}.pt")
         sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
         checkpoint.save_generator(path, nets, model_args, args, args.iter, sources, method=record,
-                                  mean_path_length=mean_path_length)
+                                  mean_path_length=mean_path_length, generator_fingerprint=fingerprint)
         gan.save_samples(nets["g_ema"], sample_z.to(device), os.path.join(args.out, f"adapted_{j}.png"))
         line = f"wrote {path}"
         if oracle is not None:

@@ -26,15 +26,14 @@ import method
 import utils
 
 
-def load_adapted(paths, model_args, param_names, device):
+def load_adapted(paths, pretrained_ckpt, param_names, device):
     """θ_N^j: the g_ema parameters of each adapted checkpoint, as lists aligned with param_names."""
     if not paths:
         raise utils.UserError("--method repulsion needs --adapted FILE [FILE ...] (the outputs of negative_adapt.py)")
     theta_neg = []
-    for path in paths:
-        nets, _ = checkpoint.load_stylegan2(path, which=("g_ema",), expect_model_args=model_args)
-        state = dict(nets["g_ema"].named_parameters())
-        theta_neg.append([state[name].detach().to(device) for name in param_names])
+    for g in checkpoint.load_adapted(paths, pretrained_ckpt, device):
+        state = dict(g.named_parameters())
+        theta_neg.append([state[name].detach() for name in param_names])
     return theta_neg
 
 
@@ -56,14 +55,14 @@ def reinitialise(g, names, model_args, seed):
                 param.copy_(fresh[name])
 
 
-# Each method: setup(args, nets, theta_g, model_args, device) -> (the generator's extra loss
+# Each method: setup(args, nets, theta_g, ckpt = the pre-trained checkpoint, device) -> (the generator's extra loss
 # g -> scalar or None, the names of the tensors that train or None for all, the details the
 # checkpoint records). It may change nets["g"] and nets["g_ema"] before training starts.
 
 
-def setup_repulsion(args, nets, theta_g, model_args, device):
+def setup_repulsion(args, nets, theta_g, ckpt, device):
     names = [name for name, _ in nets["g"].named_parameters()]
-    theta_neg = load_adapted(args.adapted, model_args, names, device)
+    theta_neg = load_adapted(args.adapted, ckpt, names, device)
     adapted = method.AdaptedParameters(theta_g, theta_neg)  # loaded once, kept on the device
 
     def loss(g):
@@ -73,11 +72,11 @@ def setup_repulsion(args, nets, theta_g, model_args, device):
                         "adapted": [os.path.abspath(p) for p in args.adapted]}
 
 
-def setup_finetune(args, nets, theta_g, model_args, device):
+def setup_finetune(args, nets, theta_g, ckpt, device):
     return None, None, {}
 
 
-def setup_ewc(args, nets, theta_g, model_args, device):
+def setup_ewc(args, nets, theta_g, ckpt, device):
     fisher = [f.to(device) for f in gan.stylegan2_fisher(nets["g"], nets["d"], args.fisher_samples, device)]
 
     def loss(g):
@@ -85,19 +84,19 @@ def setup_ewc(args, nets, theta_g, model_args, device):
     return loss, None, {"ewc_lambda": args.ewc_lambda, "fisher_samples": args.fisher_samples}
 
 
-def setup_cf_k(args, nets, theta_g, model_args, device):
+def setup_cf_k(args, nets, theta_g, ckpt, device):
     names = last_k(nets["g"], args.last_k)
     return None, names, {"last_k": names}
 
 
-def setup_eu_k(args, nets, theta_g, model_args, device):
+def setup_eu_k(args, nets, theta_g, ckpt, device):
     names = last_k(nets["g"], args.last_k)
-    reinitialise(nets["g"], set(names), model_args, args.seed + 1)
+    reinitialise(nets["g"], set(names), ckpt["model_args"], args.seed + 1)
     nets["g_ema"].load_state_dict(nets["g"].state_dict())
     return None, names, {"last_k": names}
 
 
-def setup_l1_sparse(args, nets, theta_g, model_args, device):
+def setup_l1_sparse(args, nets, theta_g, ckpt, device):
     def loss(g):
         return method.l1_penalty(list(g.parameters()), args.l1)
     return loss, None, {"l1": args.l1}
@@ -148,9 +147,6 @@ def create_argparser():
 
 
 def main(args):
-    utils.prepare_out_dir(args.out)
-    os.makedirs(os.path.join(args.out, "sample"), exist_ok=True)
-    os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
     device = args.device
     nets, ckpt = checkpoint.load_stylegan2(args.ckpt, device=device)
     model_args = ckpt["model_args"]
@@ -158,13 +154,17 @@ def main(args):
     positives = feedback["images"][~feedback["negative"]]
     if len(positives) == 0:
         raise utils.UserError(f"--feedback {args.feedback} has no positive sample to train on")
-    utils.write_args_json(args.out, args)
     utils.seed_everything(args.seed)
 
     g, d, g_ema = nets["g"], nets["d"], nets["g_ema"].eval()
     g.load_state_dict(g_ema.state_dict())  # θ_P starts at θ_G (the EMA generator), as in the paper
     theta_g = [p.detach().clone() for p in g.parameters()]
-    extra_loss, trained, details = METHODS[args.method].setup(args, nets, theta_g, model_args, device)
+    extra_loss, trained, details = METHODS[args.method].setup(args, nets, theta_g, ckpt, device)
+    # every input is read and checked: only now is --out made
+    utils.prepare_out_dir(args.out)
+    os.makedirs(os.path.join(args.out, "sample"), exist_ok=True)
+    os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
+    utils.write_args_json(args.out, args)
     g_params = None if trained is None else [p for name, p in g.named_parameters() if name in set(trained)]
     g_optim, d_optim = gan.make_optimizers(g, d, args, g_params=g_params)
     gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss,

@@ -204,6 +204,12 @@ def test_bad_input(chain, adapted):
         (["is a classifier checkpoint"], unlearn, ["--ckpt", chain["clf"], "--feedback", feedback]),
         (["--last_k 1000", "between 1 and"], unlearn, ["--ckpt", chain["gan"], "--feedback", feedback,
                                                        "--method", "cf_k", "--last_k", 1000]),
+        (["is the pre-trained generator itself"], unlearn, ["--ckpt", chain["gan"], "--feedback", feedback, "--adapted",
+                                                            chain["gan"]]),
+        (["is the same model as"], unlearn, ["--ckpt", chain["gan"], "--feedback", feedback, "--adapted",
+                                             adapted["adapted"][0], adapted["adapted"][0]]),
+        (["adapted from another generator"], extrapolate, ["--ckpt", other, "--adapted", adapted["adapted"][0]]),
+        (["--adapted: expected at least one argument"], extrapolate, ["--ckpt", chain["gan"], "--adapted"]),
         (["NaN", "last good checkpoint"], unlearn,
          ["--ckpt", chain["gan"], "--feedback", feedback, "--method", "finetune", "--lr", "1e30", "--iter", 20,
           "--log_every", 1, "--save_every", 1, *SHORT]),
@@ -211,8 +217,21 @@ def test_bad_input(chain, adapted):
     for i, (words, script, args) in enumerate(cases):
         last = cli_error(script, *args, "--out", root / f"bad{i}")
         assert all(word in last for word in words), (script.__name__, args, last)
-    # a wrong --negative is caught before any sample is generated or the output folder is made
-    assert not (root / f"bad{[words for words, _, _ in cases].index(['not a class'])}").exists()
+    # every input is checked before the output folder is made (the NaN run trains first)
+    assert [i for i in range(len(cases)) if (root / f"bad{i}").exists()] == [len(cases) - 1]
+
+
+def test_adapted_models_without_provenance_warn(chain, adapted, tmp_path, capsys):
+    """adapted_*.pt record the generator they came from; a file made before that was recorded is
+    used with a warning."""
+    ckpt = checkpoint.load_checkpoint(adapted["adapted"][0])
+    assert ckpt["generator_fingerprint"] == checkpoint.state_fingerprint(checkpoint.load_checkpoint(chain["gan"])["g_ema"])
+    del ckpt["generator_fingerprint"]
+    old = str(tmp_path / "adapted_old.pt")
+    checkpoint.save_checkpoint(ckpt, old)
+    run_main(extrapolate, "--ckpt", chain["gan"], "--adapted", old, "--gamma", 0.5, "--n_sample", 4,
+             "--out", tmp_path / "extrapolate")
+    assert "does not record which generator" in capsys.readouterr().err
 
 
 def test_mnist_cpu_refuses_an_out_made_with_other_settings(tmp_path):
