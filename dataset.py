@@ -6,15 +6,34 @@ Adding a dataset is one function that builds it and one DATASETS entry; every sc
 """
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import MNIST, ImageFolder
 
 from utils import UserError
+
+
+def load_image(path):
+    """An image file as 8-bit RGB, or a UserError naming it. 16-bit grayscale is scaled to 8 bits
+    (a plain convert("RGB") would clip it to white); palette, gray, alpha and CMYK images are
+    converted by their own rules."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                values = np.asarray(image, dtype=np.float64) / 257
+                image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"{path}: cannot be decoded as an image ({str(err).splitlines()[0] or type(err).__name__}); "
+                        "remove or replace it")
 
 
 def to_generator_space(size, channels_in):
@@ -60,17 +79,29 @@ def read_attribute_table(path):
         raise UserError(f"--attributes {path}: no such file")
     with open(path) as f:
         lines = [line.split() for line in f if line.strip()]
+    count = None
     if lines and len(lines[0]) == 1 and lines[0][0].isdigit():
-        lines = lines[1:]
+        count, lines = int(lines[0][0]), lines[1:]
     if len(lines) < 2:
         raise UserError(f"--attributes {path}: expected a header of attribute names and one row per image")
     names, rows = lines[0], lines[1:]
+    if count is not None and count != len(rows):
+        raise UserError(f"--attributes {path}: the first line says {count} images, the table has {len(rows)} rows")
     bad = next((i for i, row in enumerate(rows) if len(row) != len(names) + 1), None)
     if bad is not None:
         raise UserError(f"--attributes {path}: row {bad + 1} has {len(rows[bad]) - 1} values for "
                         f"{len(names)} attributes")
+    for i, row in enumerate(rows):
+        odd = next((v for v in row[1:] if v not in ("-1", "0", "1")), None)
+        if odd is not None:
+            raise UserError(f"--attributes {path}: row {i + 1} ({row[0]}) has the value {odd!r}; "
+                            "attribute values are -1, 0 or 1")
+    filenames = [row[0] for row in rows]
+    if len(set(filenames)) != len(filenames):
+        twice = next(name for name in filenames if filenames.count(name) > 1)
+        raise UserError(f"--attributes {path}: {twice} has more than one row")
     values = torch.tensor([[int(v) for v in row[1:]] for row in rows])
-    return names, [row[0] for row in rows], (values > 0).to(torch.float32)
+    return names, filenames, (values > 0).to(torch.float32)
 
 
 class AttributeImages(torch.utils.data.Dataset):
@@ -84,21 +115,30 @@ class AttributeImages(torch.utils.data.Dataset):
         return len(self.filenames)
 
     def __getitem__(self, index):
-        with Image.open(os.path.join(self.root, self.filenames[index])) as image:
-            return self.transform(image), self.attributes[index]
+        return self.transform(load_image(os.path.join(self.root, self.filenames[index]))), self.attributes[index]
 
 
 def _load_mnist(root, train):
+    """torchvision's MNIST under root/MNIST/raw; when absent, downloaded into a temporary folder
+    and moved into place only when complete (a failed download leaves root as it was)."""
     try:
         return MNIST(root, train=train, download=False)
     except RuntimeError:
         pass
+    download = tempfile.mkdtemp(prefix=".mnist-download-")
     try:
-        return MNIST(root, train=train, download=True)
+        MNIST(download, train=train, download=True)
+        raw = os.path.join(root, "MNIST", "raw")
+        os.makedirs(raw, exist_ok=True)
+        for name in os.listdir(os.path.join(download, "MNIST", "raw")):
+            shutil.move(os.path.join(download, "MNIST", "raw", name), os.path.join(raw, name))
     except Exception as err:  # no network, proxy, a partial download: all end the same way
         raise UserError(f"MNIST is not under {os.path.join(root, 'MNIST', 'raw')} and could not be downloaded "
                         f"({type(err).__name__}); put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                         f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (or their .gz) there")
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    return MNIST(root, train=train, download=False)
 
 
 
@@ -117,7 +157,7 @@ def _folder(root, size, train, attributes):
     if not os.path.isdir(root):
         raise UserError(f"--data {root}: no such folder")
     try:
-        dataset = ImageFolder(root, transform=to_generator_space(size, 3))
+        dataset = ImageFolder(root, transform=to_generator_space(size, 3), loader=load_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise UserError(f"--data {root}: {str(err).splitlines()[0]}")
     return dataset, dataset.targets, {"classes": dataset.classes}

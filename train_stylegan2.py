@@ -148,10 +148,6 @@ def main(args):
     if args.batch % world:
         raise utils.UserError(f"--batch {args.batch} is not divisible by the {world} processes")
     rank, world, device = setup_distributed(args.device)
-    if rank == 0:
-        utils.prepare_out_dir(args.out)
-        for sub in ("checkpoint", "sample"):
-            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
 
     utils.seed_everything(args.seed)  # the initial weights too
     nets, model_args, resumed = build_or_resume(args)
@@ -181,7 +177,10 @@ def main(args):
 
     images, info = dataset.load_dataset(args.dataset, args.data, model_args["size"], train=True,
                                         attributes=args.attributes, exclude=args.exclude, verbose=rank == 0)
-    if rank == 0:
+    if rank == 0:  # the data and --ckpt are read and checked: only now is --out made
+        utils.prepare_out_dir(args.out)
+        for sub in ("checkpoint", "sample"):
+            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
         print(f"{args.dataset}: {info['kept']} training images at {model_args['size']} px; "
               f"model {checkpoint.describe_model_args(model_args)}")
         utils.write_args_json(args.out, args)

@@ -52,7 +52,10 @@ def run_cli(main, args):
             check_device(args.device)
         return main(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        lines = str(err).strip().splitlines()
+        # raised in a DataLoader worker, it arrives wrapped in the worker's traceback: its last line
+        message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(err)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,10 +1,13 @@
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -228,3 +231,47 @@ def test_ema_half_life_is_ema_kimg_thousand_images(batch):
     args = argparse.Namespace(batch=batch, ema_kimg=0.5)
     steps = 500 / batch  # 500 images (a fixed 32 images a step would give 0.25 at batch 16)
     assert gan.ema_decay(args) ** steps == pytest.approx(0.5, rel=1e-9)
+
+
+def test_16_bit_palette_and_corrupt_images(tmp_path):
+    """16-bit grayscale is scaled to 8 bits (not clipped to white), a palette image takes its
+    palette's colours, and an undecodable file stops the run with its name (also from a worker)."""
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "a" / "gray16.png")
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.save(tmp_path / "a" / "palette.png")
+    data, _ = dataset.load_dataset("folder", str(tmp_path), 8, verbose=False)
+    gray, red = data[0][0], data[1][0]
+    assert torch.allclose(gray, torch.full_like(gray, 128 / 255 * 2 - 1), atol=1e-6)
+    assert torch.allclose(red[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(utils.UserError, match="broken.png: cannot be decoded as an image"):
+        dataset.load_dataset("folder", str(tmp_path), 8, verbose=False)[0][0]
+    line = cli_error(train_stylegan2, *TINY, "--dataset", "folder", "--data", tmp_path, "--batch", 3,
+                     "--workers", 1, "--iter", 2, "--out", tmp_path.parent / f"{tmp_path.name}_run")
+    assert "broken.png: cannot be decoded as an image" in line and "Traceback" not in line
+
+
+def test_attribute_tables_must_match(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(images / f"{i}.jpg")
+    for text, words in (("3\nA B\n0.jpg 1 -1\n1.jpg -1 1\n", "says 3 images, the table has 2 rows"),
+                        ("A B\n0.jpg 1 2\n1.jpg -1 1\n", "row 1 (0.jpg) has the value '2'"),
+                        ("A B\n0.jpg 1 x\n1.jpg -1 1\n", "has the value 'x'"),
+                        ("A B\n0.jpg 1 1\n0.jpg -1 1\n", "0.jpg has more than one row")):
+        (tmp_path / "attr.txt").write_text(text)
+        with pytest.raises(utils.UserError, match=re.escape(words)):
+            dataset.load_dataset("celeba", str(images), 8, attributes=str(tmp_path / "attr.txt"))
+
+
+def test_a_failed_mnist_download_leaves_the_data_folder_as_it_was(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(".mnist-download-")}
+    with pytest.raises(utils.UserError, match="could not be downloaded"):
+        dataset.load_dataset("mnist", str(root), 32)
+    assert os.listdir(root) == []
+    assert {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(".mnist-download-")} == before
