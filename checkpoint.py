@@ -10,6 +10,7 @@ file.
 """
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -88,9 +89,8 @@ def check_kind(ckpt, path, kind):
 
 
 def read_nvlabs_pkl(path):
-    """An NVlabs network pickle as our StyleGAN2 checkpoint dict (nvlabs.py reads it as data). The
-    blur kernels, fixed buffers of model.py (NVlabs keeps them as its resample filters, checked
-    there), come from freshly built networks."""
+    """An NVlabs network pickle as our StyleGAN2 checkpoint dict (nvlabs.py reads it as data); the
+    blur kernels, fixed buffers of model.py, come from freshly built networks."""
     ckpt = nvlabs.read_network_pkl(path)
     fresh = build_stylegan2(ckpt["model_args"])
     for name, net in fresh.items():  # in model.py's order, so the fingerprint is that of the same .pt
@@ -255,6 +255,33 @@ def load_adapted(paths, pretrained_ckpt, device="cpu"):
         seen[own] = path
         nets.append(net["g_ema"])
     return nets
+
+
+def last_checkpoint(out, final):
+    """The newest checkpoint of the run in `out`: its `final` file when the run finished, else the
+    highest-numbered checkpoint/NNNNNN.pt; None when there is none (the run starts afresh)."""
+    if os.path.isfile(os.path.join(out, final)):
+        return os.path.join(out, final)
+    numbered = sorted(glob.glob(os.path.join(out, "checkpoint", "[0-9]*.pt")))
+    return numbered[-1] if numbered else None
+
+
+def check_same_run(args, flags):
+    """--resume with any of `flags` other than the run in --out was started with is refused (its
+    args.json says how it was started)."""
+    path = os.path.join(args.out, "args.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            started = json.load(f)["args"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: unreadable ({type(err).__name__}); cannot check that --resume continues the same run")
+    now = plain_args(args)
+    changed = [f"--{k} {started.get(k)} -> {now.get(k)}" for k in flags if k in started and started[k] != now.get(k)]
+    if changed:
+        raise UserError(f"--resume would change the run in {args.out}: {'; '.join(changed)}; "
+                        "keep them, or start a new run with --overwrite or another --out")
 
 
 def plain_args(args):

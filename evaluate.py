@@ -34,12 +34,14 @@ import dataset
 import metrics
 import utils
 
+OUTPUTS = ["metrics.json", "table.md", "comparison.png", "real_stats.npz", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+
 
 def load_generators(args):
     """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
     --retrained; all must draw the same latents (same style_dim) at the same size."""
     entries = [("reference", "pre-trained (reference)", args.reference)]
-    entries += [("evaluated", utils.short_name(path), path) for path in args.ckpt]
+    entries += [("evaluated", metrics.short_name(path), path) for path in args.ckpt]
     if args.retrained:
         entries.append(("retrained", "retraining", args.retrained))
     generators = []
@@ -233,7 +235,7 @@ def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, ne
         flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).tolist()
         rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
 
-    utils.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
+    metrics.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
                                          f"the reference; red frame: classified '{name}'")
 
 
@@ -292,7 +294,7 @@ def create_argparser():
                              "later calls with the same generator file, classifier, seed, sample counts, batch, "
                              "device and thread count (e.g. the pre-trained and retrained models of a pipeline)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
-    parser.add_argument("--out", default="runs/eval", help="output folder")
+    utils.add_out_args(parser, "runs/eval", resume=False)
     return parser
 
 
@@ -301,8 +303,6 @@ def main(args):
         return fid_of_files(args.fid)
     check_args(args)
     utils.seed_everything(args.seed)
-    utils.prepare_out_dir(args.out)
-    utils.write_args_json(args.out, args)
 
     clf, meta = checkpoint.load_classifier(args.classifier, args.device)
     negative, negative_name = metrics.resolve_negative(meta, args.negative)
@@ -311,6 +311,9 @@ def main(args):
     metrics.check_classifier_fits(meta, size)
     fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
 
+    # every input is read and checked: only now is --out made
+    utils.claim_out_dir(args, OUTPUTS)
+    utils.write_args_json(args.out, args)
     real = None
     if args.n_fid:
         mu, sigma, real_info = real_statistics(args, features, fid_info, negative_name, size)

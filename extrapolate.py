@@ -18,6 +18,8 @@ import gan
 import method
 import utils
 
+OUTPUTS = ["extrapolated_*.pt", "extrapolated_*.png", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+
 
 def create_argparser():
     parser = utils.make_parser(__doc__)
@@ -25,7 +27,7 @@ def create_argparser():
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--adapted", nargs="+", required=True, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
     parser.add_argument("--gamma", type=utils.finite_float, nargs="+", default=[1.0], help="one or more extrapolation factors γ")
-    parser.add_argument("--out", default="runs/extrapolate", help="output folder")
+    utils.add_out_args(parser, "runs/extrapolate", resume=False)
     parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each sample grid (fixed latents)")
     parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="seed of the sample grid's latents")
     return parser
@@ -36,7 +38,7 @@ def main(args):
     model_args = ckpt["model_args"]
     theta_g = {name: tensor.clone() for name, tensor in nets["g_ema"].state_dict().items()}
     theta_neg = [g.state_dict() for g in checkpoint.load_adapted(args.adapted, ckpt)]
-    utils.prepare_out_dir(args.out)
+    utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     sources = {"ckpt": os.path.abspath(args.ckpt)}

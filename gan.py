@@ -243,6 +243,22 @@ def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
 
 
 
+def rng_state():
+    """The random state a resumed run continues from: torch's CPU (and CUDA) generators and Python's."""
+    state = random.getstate()
+    record = {"torch": torch.get_rng_state(), "python": [state[0], list(state[1]), state[2]]}
+    if torch.cuda.is_available():
+        record["cuda"] = torch.cuda.get_rng_state_all()
+    return record
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @torch.no_grad()
 def save_samples(g_ema, sample_z, path):
     """The sample grid of a run: `g_ema` on the fixed latents `sample_z` [N, style_dim] with its

@@ -27,6 +27,8 @@ import checkpoint
 import metrics
 import utils
 
+OUTPUTS = ["grid.png", "*/seed*.png", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+
 
 def parse_seeds(text):
     """'0-3,42' -> [0, 1, 2, 3, 42] (ranges inclusive, order kept, duplicates dropped)."""
@@ -70,7 +72,7 @@ def sample(g, seeds, args, truncation_latent):
 
 def folder_name(row, path):
     """`runs/unlearn8_el2/unlearned.pt`, row 1 -> `1_unlearn8_el2_unlearned`."""
-    name = os.path.splitext(utils.short_name(path))[0]
+    name = os.path.splitext(metrics.short_name(path))[0]
     return f"{row}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -85,7 +87,7 @@ def create_argparser():
     parser.add_argument("--classifier", default=None, help="classifier checkpoint: frame the tiles it calls --negative")
     parser.add_argument("--negative", default=None, help="with --classifier: the class (name or index) or attribute")
     parser.add_argument("--batch", type=utils.positive_int, default=16, help="images generated at once (does not change them)")
-    parser.add_argument("--out", default="runs/samples", help="output folder")
+    utils.add_out_args(parser, "runs/samples", resume=False)
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
     return parser
 
@@ -106,7 +108,7 @@ def main(args):
     if oracle is not None:
         for size in sorted({g.size for _, g, _ in generators}):
             metrics.check_classifier_fits(oracle[1], size)
-    utils.prepare_out_dir(args.out)
+    utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
 
     rows = []
@@ -119,7 +121,7 @@ def main(args):
             utils.atomic_write(os.path.join(folder, f"seed{seed:04d}.png"),
                                lambda f, tile=tile: Image.fromarray(np.ascontiguousarray(tile)).save(f, format="PNG"))
         flags = [False] * len(seeds)
-        label = utils.short_name(path)
+        label = metrics.short_name(path)
         if oracle is not None:
             classifier, meta, index, name = oracle
             logits = metrics.classify(classifier, meta, utils.from_uint8(images))
@@ -130,7 +132,7 @@ def main(args):
     if oracle is not None:
         title += f"; red frame: classified '{oracle[3]}'"
     grid = os.path.join(args.out, "grid.png")
-    utils.save_labelled_rows(rows, grid, title)
+    metrics.save_labelled_rows(rows, grid, title)
     print(f"wrote {len(rows)} x {len(seeds)} images and {grid}")
     return rows
 

@@ -133,7 +133,7 @@ GAN=(--dataset mnist --data "$DATA" --size 32 --style_dim 128 --channel_max 64 -
      --iter $GAN_ITER --sample_every 500 --save_every 1000 --workers 1 --device "$DEVICE")
 STAGE2=(--ckpt "$OUT/gan/pretrained.pt" --feedback "$D/adapt/feedback.pt" --iter $STAGE2_ITER --ema_kimg $STAGE2_EMA_KIMG
         --mixing $STAGE2_MIXING --sample_every 100 --save_every $STAGE2_ITER --device "$DEVICE")
-EVAL=(--reference "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
+EVAL=(--reference "$OUT/gan/pretrained.pt" --overwrite --classifier "$OUT/lenet/classifier.pt" --negative "$DIGIT"
       --dataset mnist --data "$DATA" --real_split train --features classifier --cache "$D/eval_cache" --device "$DEVICE")
 
 # 1. the pre-trained GAN (shared), the retrained gold standard without the digit, the LeNet (shared)
@@ -141,20 +141,20 @@ EVAL=(--reference "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.p
 # one after the other with both, and every GAN gets the same thread count whether it trains alone
 # (a second digit) or not, so that it sums in the same order either way.
 run pretrain "$OUT/gan/pretrained.pt" "$OUT/logs/pretrain.log" \
-    env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --out "$OUT/gan" &
+    env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --resume --out "$OUT/gan" &
 pretrain_pid=$!
 run retrain "$D/retrained/retrained.pt" "$D/logs/retrain.log" \
-    env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --exclude "$DIGIT" --out "$D/retrained" &
+    env OMP_NUM_THREADS=$GAN_THREADS python3 train_stylegan2.py "${GAN[@]}" --exclude "$DIGIT" --resume --out "$D/retrained" &
 retrain_pid=$!
 wait $pretrain_pid || { wait $retrain_pid; exit 1; }
 wait $retrain_pid || exit 1
 run classifier "$OUT/lenet/classifier.pt" "$OUT/logs/classifier.log" \
-    python3 train_classifier.py --dataset mnist --data "$DATA" --members $LENET_MEMBERS --workers 1 --device "$DEVICE" \
+    python3 train_classifier.py --overwrite --dataset mnist --data "$DATA" --members $LENET_MEMBERS --workers 1 --device "$DEVICE" \
     --out "$OUT/lenet"
 
 # 2. feedback on N_FEEDBACK samples (seed 0) and Stage 1
 run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
-    python3 negative_adapt.py --ckpt "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" \
+    python3 negative_adapt.py --overwrite --ckpt "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" \
     --negative "$DIGIT" --n_feedback $N_FEEDBACK --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.25 \
     --device "$DEVICE" --out "$D/adapt"
 ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)
@@ -170,7 +170,7 @@ repulsion_args() {  # LOSS MU
 for loss in el2 nl2 il2; do
     for mu in ${MU_GRID[$loss]}; do
         run "stage2 ${loss}_mu$mu seed 0" "$D/${loss}_mu$mu/s0/unlearned.pt" "$D/logs/${loss}_mu$mu.s0.log" \
-            python3 unlearn.py "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed 0 --out "$D/${loss}_mu$mu/s0"
+            python3 unlearn.py --resume "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed 0 --out "$D/${loss}_mu$mu/s0"
     done
 done
 for loss in el2 nl2 il2; do
@@ -202,7 +202,7 @@ EOF
     echo "$mu" > "$D/validation/$loss.mu"
     for seed in 1 2; do
         run "stage2 ${loss}_mu$mu seed $seed" "$D/${loss}_mu$mu/s$seed/unlearned.pt" "$D/logs/${loss}_mu$mu.s$seed.log" \
-            python3 unlearn.py "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed $seed --out "$D/${loss}_mu$mu/s$seed"
+            python3 unlearn.py --resume "${STAGE2[@]}" $(repulsion_args $loss $mu) --seed $seed --out "$D/${loss}_mu$mu/s$seed"
     done
 done
 for method in $BASELINES; do
@@ -210,11 +210,11 @@ for method in $BASELINES; do
     [ $method = ewc ] && extra=(--ewc_lambda $EWC_LAMBDA)
     for seed in $SEEDS; do
         run "stage2 $method seed $seed" "$D/$method/s$seed/unlearned.pt" "$D/logs/$method.s$seed.log" \
-            python3 unlearn.py "${STAGE2[@]}" --method $method "${extra[@]}" --seed $seed --out "$D/$method/s$seed"
+            python3 unlearn.py --resume "${STAGE2[@]}" --method $method "${extra[@]}" --seed $seed --out "$D/$method/s$seed"
     done
 done
 run extrapolate "$D/extrapolate/extrapolated_1.pt" "$D/logs/extrapolate.log" \
-    python3 extrapolate.py --ckpt "$OUT/gan/pretrained.pt" --adapted "${ADAPTED[@]}" --gamma $GAMMAS --out "$D/extrapolate"
+    python3 extrapolate.py --overwrite --ckpt "$OUT/gan/pretrained.pt" --adapted "${ADAPTED[@]}" --gamma $GAMMAS --out "$D/extrapolate"
 
 # 4. evaluation on 15,000 latents of seed 1: PUL, classifier-feature FID (5,000), Ret-FID, shares
 evaluate() {  # LABEL FOLDER CHECKPOINTS...

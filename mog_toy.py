@@ -33,6 +33,8 @@ MMD_BANDWIDTHS = (1.0, 4.0, 20.0)  # Gaussian kernel widths, in units of --std
 
 # ----------------------------------------------------------------------------------- data
 
+OUTPUTS = ["mog_toy.png", "metrics.json", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+
 
 def mode_centers(n_modes, radius):
     angles = torch.arange(n_modes, dtype=torch.float32) * (2 * math.pi / n_modes)
@@ -359,7 +361,7 @@ def print_table(rows):
 
 def create_argparser():
     parser = utils.make_parser(__doc__)
-    parser.add_argument("--out", type=str, default="runs/mog_toy", help="output folder")
+    utils.add_out_args(parser, "runs/mog_toy", resume=False)
     parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="seed of everything (networks, feedback, evaluation latents)")
     parser.add_argument("--method", nargs="+", default=["repulsion"], choices=list(METHODS) + ["all"],
                         help="what to run after Stage 1: repulsion (Stage 2 with each --repulsion loss), finetune "
@@ -402,7 +404,7 @@ def create_argparser():
 def main(args):
     check_args(args)
     runs = selected_runs(args)
-    utils.prepare_out_dir(args.out)
+    utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
     torch.set_num_threads(args.threads)
     utils.seed_everything(args.seed)

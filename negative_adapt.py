@@ -32,6 +32,11 @@ import utils
 SHEET_COLUMNS = 10
 SHEET_ROWS = 10
 
+# what this script writes in --out (see utils.claim_out_dir); the contact sheets a person marks
+# stay beside the feedback made from them
+OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "args.json"]
+CONTACT_SHEET_OUTPUTS = ["contact_sheet_*.png", "contact_sheet_args.json"]
+
 
 def read_marked(args, n):
     """The indices a person marked, from --marked or --marked_file, checked against 0..n-1."""
@@ -151,7 +156,7 @@ def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", required=True,
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
-    parser.add_argument("--out", default="runs/adapt", help="output folder")
+    utils.add_out_args(parser, "runs/adapt", resume=False)
     parser.add_argument("--n_feedback", type=utils.positive_int, default=1000, help="samples shown to the user (the paper: 1000)")
     parser.add_argument("--feedback_seed", type=utils.nonnegative_int, default=0, help="seed of the feedback samples' latents and noise")
     who = parser.add_argument_group("who labels the samples")
@@ -198,8 +203,8 @@ def main(args):
     if args.contact_sheet:
         images = torch.cat([batch.cpu() for _, batch in metrics.generate_images(
             g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
-        utils.prepare_out_dir(args.out)
-        utils.write_args_json(args.out, args)
+        utils.claim_out_dir(args, CONTACT_SHEET_OUTPUTS)
+        utils.write_args_json(args.out, args, "contact_sheet_args.json")
         paths = write_contact_sheets(images, args.out)
         print(f"wrote {len(paths)} contact sheets ({paths[0]} ...). Note the numbers of the undesired samples, "
               f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
@@ -215,7 +220,7 @@ def main(args):
 
     feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
     # the inputs, the labels and the feedback's two classes are checked: only now is --out made
-    utils.prepare_out_dir(args.out)
+    utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
     feedback_path = checkpoint.save_feedback(os.path.join(args.out, "feedback.pt"), **feedback)
     negative = feedback["negative"]

@@ -37,6 +37,8 @@ from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
+OUTPUTS = ["classifier.pt", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+
 
 def resolve_defaults(args):
     """A copy of args with the flags left at None filled from the dataset's registry entry
@@ -212,14 +214,14 @@ def create_argparser():
                              "that decides by their mean probability; FID features are the first member's")
     parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
-    parser.add_argument("--out", default="runs/classifier", help="output folder for classifier.pt and args.json")
+    utils.add_out_args(parser, "runs/classifier", resume=False)
     return parser
 
 
 def main(args):
     args = resolve_defaults(args)
     utils.seed_everything(args.seed)
-    utils.prepare_out_dir(args.out)
+    utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
 
     train_set, test_set, info = load_splits(args)

@@ -14,7 +14,6 @@ OUT/sample/{step:06d}.png, and OUT/args.json. `--ckpt` resumes a run from any of
 """
 
 import os
-import random
 
 import torch
 import torch.distributed as dist
@@ -25,6 +24,12 @@ import gan
 import utils
 
 PAPER_MODEL_ARGS = dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512)
+
+OUTPUTS = ["pretrained.pt", "retrained.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
+# the flags that make a run what it is: --resume refuses to change them (--iter may grow)
+RUN_FLAGS = ("dataset", "data", "attributes", "exclude", "size", "style_dim", "n_mlp", "channel_multiplier",
+             "channel_max", "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink", "g_reg_every",
+             "mixing", "ema_kimg", "seed")
 
 
 def setup_distributed(device):
@@ -44,12 +49,12 @@ def setup_distributed(device):
     return rank, world, device
 
 
-def build_or_resume(args):
+def build_or_resume(args, path):
     """(networks on the CPU, model_args, the resumed checkpoint or None). Resuming reads the
     architecture from the checkpoint; architecture flags that are given must agree with it."""
     given = {k: getattr(args, k) for k in checkpoint.MODEL_ARG_NAMES if getattr(args, k) is not None}
-    if args.ckpt:
-        nets, resumed = checkpoint.load_stylegan2(args.ckpt, expect_model_args=given)
+    if path:
+        nets, resumed = checkpoint.load_stylegan2(path, expect_model_args=given)
         return nets, resumed["model_args"], resumed
     model_args = {**PAPER_MODEL_ARGS, **given}
     try:
@@ -61,16 +66,6 @@ def build_or_resume(args):
 def final_name(args):
     """pretrained.pt, or retrained.pt for a run without a class (--exclude)."""
     return "pretrained.pt" if args.exclude is None else "retrained.pt"
-
-
-def rng_state():
-    state = random.getstate()
-    return {"torch": torch.get_rng_state(), "python": [state[0], list(state[1]), state[2]]}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
 
 
 def make_loader(images, batch, workers, rank, world):
@@ -85,7 +80,7 @@ def make_loader(images, batch, workers, rank, world):
 
 def save(path, nets, optimizers, model_args, args, step, sources, gan_step):
     return checkpoint.save_generator(path, nets, model_args, args, step, sources, optimizers,
-                                     mean_path_length=gan_step.mean_path_length, rng=rng_state())
+                                     mean_path_length=gan_step.mean_path_length, rng=gan.rng_state())
 
 
 def train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,
@@ -111,7 +106,7 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
     gan.run_gan_training(gan_step, next_batch, start, args.iter, args.log_every,
                          sample if rank == 0 else None, args.sample_every,
                          save_checkpoint if rank == 0 else None, args.save_every,
-                         last_good=args.ckpt, show=rank == 0)
+                         last_good=sources.get("resumed_from"), show=rank == 0)
     if rank == 0:
         final = os.path.join(args.out, final_name(args))
         save(final, nets, optimizers, model_args, args, args.iter, sources, gan_step)
@@ -121,7 +116,7 @@ def train(args, nets, optimizers, model_args, data, start, mean_path_length, sam
 def create_argparser():
     parser = utils.make_parser(__doc__)
     dataset.add_data_args(parser)
-    parser.add_argument("--out", default="runs/stylegan2", help="output folder")
+    utils.add_out_args(parser, "runs/stylegan2")
     parser.add_argument("--iter", type=utils.positive_int, default=200000, help="total training iterations (paper, MNIST: 200k)")
     parser.add_argument("--ckpt", default=None,
                         help="resume from this checkpoint of a run, or fine-tune from a rosinality .pt or an NVlabs "
@@ -150,7 +145,13 @@ def main(args):
     rank, world, device = setup_distributed(args.device)
 
     utils.seed_everything(args.seed)  # the initial weights too
-    nets, model_args, resumed = build_or_resume(args)
+    resume_from = args.ckpt
+    if args.resume:
+        if args.ckpt:
+            raise utils.UserError("--resume continues the run in --out, --ckpt starts one from a file: give one of them")
+        checkpoint.check_same_run(args, RUN_FLAGS)
+        resume_from = checkpoint.last_checkpoint(args.out, final_name(args))
+    nets, model_args, resumed = build_or_resume(args, resume_from)
     for net in nets.values():
         net.to(device)
     nets["g_ema"].eval()
@@ -164,21 +165,21 @@ def main(args):
         start = int(resumed.get("step", 0))
         mean_path_length = resumed.get("mean_path_length", 0.0)
         if start >= args.iter:
-            raise utils.UserError(f"--ckpt {args.ckpt} is at step {start}; raise --iter above it to train on")
+            raise utils.UserError(f"{resume_from} is at step {start}; raise --iter above it to train on")
         if rank == 0:
-            print(f"resuming {args.ckpt} at step {start}")
+            print(f"resuming {resume_from} at step {start}")
 
     utils.seed_everything(args.seed)
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], device=device)
     if resumed is not None and "rng" in resumed:
-        set_rng_state(resumed["rng"])
+        gan.set_rng_state(resumed["rng"])
     else:
         utils.seed_everything(args.seed + rank + 1)  # different noise per process
 
     images, info = dataset.load_dataset(args.dataset, args.data, model_args["size"], train=True,
                                         attributes=args.attributes, exclude=args.exclude, verbose=rank == 0)
     if rank == 0:  # the data and --ckpt are read and checked: only now is --out made
-        utils.prepare_out_dir(args.out)
+        utils.claim_out_dir(args, OUTPUTS)
         for sub in ("checkpoint", "sample"):
             os.makedirs(os.path.join(args.out, sub), exist_ok=True)
         print(f"{args.dataset}: {info['kept']} training images at {model_args['size']} px; "
@@ -188,8 +189,8 @@ def main(args):
     sources = {"data": dataset.data_source(args.dataset, args.data)}
     if args.attributes:
         sources["attributes"] = os.path.abspath(args.attributes)
-    if args.ckpt:
-        sources["resumed_from"] = os.path.abspath(args.ckpt)
+    if resume_from:
+        sources["resumed_from"] = os.path.abspath(resume_from)
 
     try:
         train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,

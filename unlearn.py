@@ -25,6 +25,12 @@ import gan
 import method
 import utils
 
+OUTPUTS = ["unlearned.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
+# the flags that make a run what it is: --resume refuses to change them (--iter may grow)
+RUN_FLAGS = ("ckpt", "feedback", "adapted", "method", "repulsion", "mu", "alpha", "ewc_lambda", "fisher_samples",
+             "last_k", "l1", "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink",
+             "g_reg_every", "mixing", "ema_kimg", "seed")
+
 
 def load_adapted(paths, pretrained_ckpt, param_names, device):
     """θ_N^j: the g_ema parameters of each adapted checkpoint, as lists aligned with param_names."""
@@ -118,13 +124,33 @@ METHODS = {
 }
 
 
+def resume(path, g, d, g_ema, g_optim, d_optim, gan_step, args):
+    """Load the run's state from its checkpoint `path` (networks, optimisers, running path
+    length, random state); returns the step to continue from."""
+    state = checkpoint.load_checkpoint(path, "stylegan2")
+    if "g_optim" not in state or "rng" not in state:
+        raise utils.UserError(f"{path} keeps no optimiser or random state (written before runs could resume); "
+                              "start again with --overwrite")
+    for name, net in (("g", g), ("d", d), ("g_ema", g_ema)):
+        checkpoint.load_state_strict(net, state[name], path, name)
+    g_optim.load_state_dict(state["g_optim"])
+    d_optim.load_state_dict(state["d_optim"])
+    gan_step.mean_path_length.fill_(float(state.get("mean_path_length", 0.0)))
+    gan.set_rng_state(state["rng"])
+    start = int(state["step"])
+    if start >= args.iter:
+        raise utils.UserError(f"the run in --out {args.out} is at step {start}; raise --iter above it to train on")
+    print(f"resuming {path} at step {start}")
+    return start
+
+
 def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", required=True,
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
     parser.add_argument("--feedback", required=True, help="feedback.pt written by negative_adapt.py from the same --ckpt")
     parser.add_argument("--adapted", nargs="*", default=None, help="adapted_*.pt of negative_adapt.py (θ_N^j = their g_ema)")
-    parser.add_argument("--out", default="runs/unlearn", help="output folder")
+    utils.add_out_args(parser, "runs/unlearn")
     parser.add_argument("--method", choices=list(METHODS), default="repulsion",
                         help="what to run: " + "; ".join(f"{name}: {m.help}" for name, m in METHODS.items()))
     parser.add_argument("--repulsion", choices=list(method.REPULSION_LOSSES), default="el2",
@@ -161,7 +187,9 @@ def main(args):
     theta_g = [p.detach().clone() for p in g.parameters()]
     extra_loss, trained, details = METHODS[args.method].setup(args, nets, theta_g, ckpt, device)
     # every input is read and checked: only now is --out made
-    utils.prepare_out_dir(args.out)
+    if args.resume:
+        checkpoint.check_same_run(args, RUN_FLAGS)
+    utils.claim_out_dir(args, OUTPUTS)
     os.makedirs(os.path.join(args.out, "sample"), exist_ok=True)
     os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
     utils.write_args_json(args.out, args)
@@ -169,6 +197,9 @@ def main(args):
     g_optim, d_optim = gan.make_optimizers(g, d, args, g_params=g_params)
     gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss,
                            mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)
+    start, resume_from = 0, checkpoint.last_checkpoint(args.out, "unlearned.pt") if args.resume else None
+    if resume_from is not None:
+        start = resume(resume_from, g, d, g_ema, g_optim, d_optim, gan_step, args)
 
     record = {"stage": "unlearn", "method": args.method, **details, "iter": args.iter,
               "positives": len(positives), "feedback": os.path.abspath(args.feedback)}
@@ -183,12 +214,13 @@ def main(args):
     def save(done, path=None):
         path = path or os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
         return checkpoint.save_generator(path, {"g": g, "d": d, "g_ema": g_ema}, model_args, args, done, sources,
-                                         method=dict(record, step=done), mean_path_length=gan_step.mean_path_length)
+                                         {"g_optim": g_optim, "d_optim": d_optim}, dict(record, step=done),
+                                         gan_step.mean_path_length, rng=gan.rng_state())
 
     print(f"{args.method}{' ' + args.repulsion if args.method == 'repulsion' else ''}: "
           f"{len(positives)} positives, {args.iter} iterations")
-    gan.run_gan_training(gan_step, gan.random_batches(positives, args.batch, device), 0, args.iter,
-                         args.log_every, sample, args.sample_every, save, args.save_every)
+    gan.run_gan_training(gan_step, gan.random_batches(positives, args.batch, device), start, args.iter,
+                         args.log_every, sample, args.sample_every, save, args.save_every, last_good=resume_from)
     final = save(args.iter, os.path.join(args.out, "unlearned.pt"))
     print(f"wrote {final}")
 

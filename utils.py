@@ -5,6 +5,7 @@ Imports torch, numpy and pillow only, so that any script (the toy too) can use i
 """
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import tempfile
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 
 # --------------------------------------------------------------------------------------------
@@ -29,9 +30,7 @@ class UserError(Exception):
 
 
 def check_device(device):
-    """Raise a UserError naming the fix when torch cannot use `device`.
-
-    Without this a wrong --device fails deep inside torch at the first tensor moved to it."""
+    """Raise a UserError naming the fix when torch cannot use `device` (not deep inside torch)."""
     try:
         parsed = torch.device(device)
     except RuntimeError:
@@ -51,6 +50,10 @@ def run_cli(main, args):
         if getattr(args, "device", None) is not None:
             check_device(args.device)
         return main(args)
+    except KeyboardInterrupt:
+        again = "; rerun the command with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"\ninterrupted: the files written so far are whole{again}", file=sys.stderr)
+        sys.exit(130)
     except UserError as err:
         lines = str(err).strip().splitlines()
         # raised in a DataLoader worker, it arrives wrapped in the worker's traceback: its last line
@@ -60,8 +63,7 @@ def run_cli(main, args):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows each flag's default (unless it is None:
-    such flags say in their help what they default to)."""
+    """--help keeps the docstring's layout and shows each flag's default (None: the help says it)."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False:
@@ -131,11 +133,37 @@ finite_float = _number(float, what="a finite number")
 probability = _number(float, low=0, high=1, what="a number from 0 to 1")
 
 
-def write_args_json(out, args):
+def add_out_args(parser, default, resume=True):
+    """--out, --overwrite and (where the script can continue a run) --resume."""
+    parser.add_argument("--out", default=default, help="output folder (refused if it holds a run: see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove the outputs of an earlier run of this script in --out, then start")
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its last checkpoint (or start it if there is none)")
+
+
+def claim_out_dir(args, outputs):
+    """Make --out ready for this run. `outputs`: glob patterns of what the script writes there.
+    A folder that holds such files is refused unless --resume (they are kept) or --overwrite
+    (they are removed first, and nothing else)."""
+    found = sorted(path for pattern in outputs for path in glob.glob(os.path.join(args.out, pattern)))
+    if found and not (getattr(args, "resume", False) or args.overwrite):
+        shown = ", ".join(os.path.relpath(path, args.out) for path in found[:3]) + (", ..." if len(found) > 3 else "")
+        ways = "--resume to continue it, " if hasattr(args, "resume") else ""
+        raise UserError(f"--out {args.out} already holds a run ({shown}): add {ways}--overwrite to replace it, "
+                        "or choose another --out")
+    if args.overwrite:
+        for path in found:
+            os.remove(path)
+    return prepare_out_dir(args.out)
+
+
+def write_args_json(out, args, name="args.json"):
     """Write the resolved options and the command line beside a stage's outputs."""
     record = {"args": vars(args), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     text = json.dumps(record, indent=2, default=str)
-    atomic_write(os.path.join(out, "args.json"), lambda f: f.write(text.encode()))
+    atomic_write(os.path.join(out, name), lambda f: f.write(text.encode()))
 
 
 
@@ -219,31 +247,3 @@ def save_image_grid(images, path, nrow=8):
     grid = image_grid(images, nrow)
     array = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
-
-
-def short_name(path):
-    """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
-    parts = os.path.normpath(path).split(os.sep)
-    return os.path.join(*parts[-2:]) if len(parts) > 1 else parts[0]
-
-
-def save_labelled_rows(rows, path, title):
-    """One PNG of labelled rows of tiles under a title line: rows = [(label, uint8 images
-    [N, H, W, 3], flags [N])]; a flagged tile gets a red frame. Tiles are enlarged to at least
-    64 px (nearest neighbour), so small images stay readable."""
-    cell, pad, head = max(64, max(images.shape[1] for _, images, _ in rows)), 6, 22
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = int(max(probe.textlength(label) for label, _, _ in rows)) + 12
-    width = label_w + max(len(images) for _, images, _ in rows) * (cell + pad) + pad
-    canvas = Image.new("RGB", (max(width, 420), head + len(rows) * (cell + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), title, fill="black")
-    for r, (label, images, flags) in enumerate(rows):
-        y = head + pad + r * (cell + pad)
-        draw.text((4, y + cell // 2 - 6), label, fill="black")
-        for c, (image, flag) in enumerate(zip(images, flags)):
-            x = label_w + pad + c * (cell + pad)
-            canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
-            if flag:
-                draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(220, 0, 0), width=3)
-    atomic_write(path, lambda f: canvas.save(f, format="PNG"))

@@ -1,0 +1,122 @@
+"""A run is never lost: a used --out is refused without --resume or --overwrite, --resume finishes
+a run killed with kill -9 at any moment with the step count of an uninterrupted one and refuses
+flags that would change it, and Ctrl-C ends in one line."""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+import checkpoint
+import negative_adapt
+import train_stylegan2
+import unlearn
+from conftest import cli_error, run_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "synthetic", "--size", "8", "--style_dim", "8", "--n_mlp", "1", "--channel_max", "8",
+        "--batch", "4", "--workers", "0", "--sample_every", "1000", "--n_sample", "4"]
+
+
+def hashes(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_used_out_is_refused_and_left_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    run_main(train_stylegan2, *TINY, "--iter", 2, "--save_every", 1, "--out", out)
+    before = hashes(out)
+    line = cli_error(train_stylegan2, *TINY, "--iter", 3, "--out", out)
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert hashes(out) == before
+    (out / "notes.txt").write_text("the user's own file")
+    run_main(train_stylegan2, *TINY, "--iter", 1, "--overwrite", "--out", out)
+    assert sorted(hashes(out)) == ["args.json", "notes.txt", "pretrained.pt", "sample/000001.png"]
+    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 1
+
+
+def test_negative_adapt_never_mixes_two_runs(tmp_path):
+    """A second run with fewer adapted models would have left the first run's adapted_2.pt beside
+    the new ones; it is refused, and --overwrite removes the old files first."""
+    gan = tmp_path / "gan"
+    run_main(train_stylegan2, *TINY, "--iter", 1, "--out", gan)
+    args = ["--ckpt", gan / "pretrained.pt", "--n_feedback", 8, "--marked", 0, 1, 2, "--iter", 1, "--fisher_samples",
+            4, "--batch", 4, "--n_sample", 4, "--out", tmp_path / "adapt"]
+    run_main(negative_adapt, *args, "--n_models", 3)
+    assert "already holds a run" in cli_error(negative_adapt, *args, "--n_models", 2)
+    run_main(negative_adapt, *args, "--n_models", 2, "--overwrite")
+    assert sorted(p.name for p in (tmp_path / "adapt").glob("adapted_*.pt")) == ["adapted_0.pt", "adapted_1.pt"]
+    # contact sheets, then the marks made on them, in the same folder
+    sheets = ["--ckpt", gan / "pretrained.pt", "--n_feedback", 8, "--out", tmp_path / "person"]
+    run_main(negative_adapt, *sheets, "--contact_sheet")
+    run_main(negative_adapt, *sheets, "--marked", 0, 1, "--n_models", 1, "--iter", 1, "--fisher_samples", 4,
+             "--batch", 4, "--n_sample", 4)
+    assert (tmp_path / "person" / "contact_sheet_00.png").is_file() and (tmp_path / "person" / "adapted_0.pt").is_file()
+
+
+def kill_at_random_moments(command, out, kills, seed):
+    """Start `command` (with --resume), kill -9 it at a random moment after it has written its
+    first checkpoint, `kills` times over."""
+    rng = random.Random(seed)
+    for _ in range(kills):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "checkpoint").glob("*.pt")) and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert process.returncode in (-signal.SIGKILL, 0), process.stderr.read()[-2000:]
+
+
+def test_train_stylegan2_resumes_after_kill_9(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "train_stylegan2.py", *TINY, "--iter", "150", "--save_every", "2", "--resume",
+               "--out", str(out)]
+    kill_at_random_moments(command, out, 3, seed=0)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 150
+    assert not [name for _, _, files in os.walk(out) for name in files if name.endswith(".tmp")]
+    # a flag that would change the run is refused; --iter may grow
+    assert "--lr 0.002 -> 0.01" in cli_error(train_stylegan2, *TINY, "--iter", 151, "--lr", 0.01, "--resume",
+                                             "--out", out)
+    run_main(train_stylegan2, *TINY, "--iter", 151, "--resume", "--out", out)
+    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 151
+    assert "raise --iter" in cli_error(train_stylegan2, *TINY, "--iter", 151, "--resume", "--out", out)
+
+
+def test_unlearn_resumes_after_kill_9(tmp_path):
+    gan = tmp_path / "gan"
+    run_main(train_stylegan2, *TINY, "--iter", 1, "--out", gan)
+    run_main(negative_adapt, "--ckpt", gan / "pretrained.pt", "--n_feedback", 8, "--marked", 0, 1, 2, "--n_models", 1,
+             "--iter", 1, "--fisher_samples", 4, "--batch", 4, "--n_sample", 4, "--out", tmp_path / "adapt")
+    out = tmp_path / "unlearn"
+    stage2 = ["--ckpt", str(gan / "pretrained.pt"), "--feedback", str(tmp_path / "adapt" / "feedback.pt"), "--adapted",
+              str(tmp_path / "adapt" / "adapted_0.pt"), "--batch", "4", "--n_sample", "4", "--save_every", "2"]
+    command = [sys.executable, "unlearn.py", *stage2, "--iter", "60", "--resume", "--out", str(out)]
+    kill_at_random_moments(command, out, 2, seed=1)
+    run_main(unlearn, *stage2, "--iter", 60, "--resume", "--out", out)
+    final = checkpoint.load_checkpoint(str(out / "unlearned.pt"))
+    assert final["step"] == 60 and {"g_optim", "d_optim", "rng"} <= set(final)
+    assert "--mu 1.0 -> 3.0" in cli_error(unlearn, *stage2, "--iter", 61, "--mu", 3, "--resume", "--out", out)
+
+
+def test_ctrl_c_ends_in_one_line_with_status_130(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train_stylegan2.py", *TINY, "--iter", "100000", "--save_every", "5",
+                                "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoint").glob("*.pt")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted:") and "--resume" in stderr
+    assert torch.load(sorted((out / "checkpoint").glob("*.pt"))[-1], weights_only=True)["step"] % 5 == 0
