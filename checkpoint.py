@@ -57,7 +57,9 @@ def load_checkpoint(path, kind=None):
     "args") are read as "stylegan2", with "args" turned into a dict and "model_args" inferred.
     Every failure is a one-line UserError naming the file."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: is a folder, not a checkpoint file" if os.path.isdir(path) else f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: permission denied")
     if path.endswith(".pkl"):
         return check_kind(read_nvlabs_pkl(path), path, kind)
     try:
@@ -82,9 +84,8 @@ def load_checkpoint(path, kind=None):
 
 
 def check_kind(ckpt, path, kind):
-    found = ckpt.get("kind", "unknown")
-    if kind is not None and found != kind:
-        raise UserError(f"{path} is a {found} checkpoint, but a {kind} checkpoint is expected here")
+    if kind is not None and ckpt.get("kind", "unknown") != kind:
+        raise UserError(f"{path} is a {ckpt.get('kind', 'unknown')} checkpoint, but a {kind} checkpoint is expected here")
     return ckpt
 
 
@@ -222,8 +223,7 @@ def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None,
 
 def save_generator(path, nets, model_args, args, step, sources, optimizers=None, method=None,
                    mean_path_length=None, **extra):
-    """Write `stylegan2_checkpoint(...)` to `path`, with `extra` keys beside (e.g. the random
-    state a resumed run continues from). Returns the path."""
+    """Write `stylegan2_checkpoint(...)` to `path`, with `extra` keys beside (e.g. the random state)."""
     ckpt = stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers, method, mean_path_length)
     save_checkpoint({**ckpt, **extra}, path)
     return path
@@ -267,8 +267,7 @@ def last_checkpoint(out, final):
 
 
 def check_same_run(args, flags):
-    """--resume with any of `flags` other than the run in --out was started with is refused (its
-    args.json says how it was started)."""
+    """Refuse --resume with any of `flags` other than the run in --out was started with (args.json)."""
     path = os.path.join(args.out, "args.json")
     if not os.path.isfile(path):
         return

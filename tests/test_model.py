@@ -291,3 +291,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
     not_a_gan = str(tmp_path / "not_a_gan.pt")
     torch.save({"g_ema": {"weight": torch.zeros(1)}}, not_a_gan)
     assert "not a StyleGAN2 generator" in one_line_error(checkpoint.load_stylegan2, not_a_gan)
+
+
+def test_a_folder_given_as_a_checkpoint_says_so(tmp_path):
+    assert "is a folder, not a checkpoint file" in one_line_error(checkpoint.load_stylegan2, str(tmp_path))
