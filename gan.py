@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from checkpoint import load_checkpoint, load_state_strict
 from method import fisher_diagonal
 from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
                    save_image_grid)
@@ -257,6 +258,26 @@ def set_rng_state(state):
     random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_run(path, nets, optimizers, gan_step, iters):
+    """Load a run's state from its checkpoint `path` into `nets`, `optimizers`, the running path
+    length of `gan_step` and the random generators; returns the step to continue from."""
+    state = load_checkpoint(path, "stylegan2")
+    if any(name not in state for name in optimizers) or "rng" not in state:
+        raise UserError(f"{path} keeps no optimiser or random state (written before runs could resume); "
+                        "start again with --overwrite")
+    for name, net in nets.items():
+        load_state_strict(net, state[name], path, name)
+    for name, optim in optimizers.items():
+        optim.load_state_dict(state[name])
+    gan_step.mean_path_length.fill_(float(state.get("mean_path_length", 0.0)))
+    set_rng_state(state["rng"])
+    start = int(state["step"])
+    if start >= iters:
+        raise UserError(f"{path} is at step {start}; raise --iter above it to train on")
+    print(f"resuming {path} at step {start}")
+    return start
 
 
 @torch.no_grad()

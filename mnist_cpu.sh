@@ -154,7 +154,7 @@ run classifier "$OUT/lenet/classifier.pt" "$OUT/logs/classifier.log" \
 
 # 2. feedback on N_FEEDBACK samples (seed 0) and Stage 1
 run stage1 "$D/adapt/adapted_4.pt" "$D/logs/stage1.log" \
-    python3 negative_adapt.py --overwrite --ckpt "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" \
+    python3 negative_adapt.py --resume --ckpt "$OUT/gan/pretrained.pt" --classifier "$OUT/lenet/classifier.pt" \
     --negative "$DIGIT" --n_feedback $N_FEEDBACK --n_models 5 --iter $STAGE1_ITER --ewc_lambda $EWC_LAMBDA --ema_kimg 0.25 \
     --device "$DEVICE" --out "$D/adapt"
 ADAPTED=("$D"/adapt/adapted_{0,1,2,3,4}.pt)

@@ -17,6 +17,7 @@ g_ema), a sample grid per adapted model and OUT/args.json.
 """
 
 import math
+import glob
 import os
 import re
 
@@ -34,8 +35,12 @@ SHEET_ROWS = 10
 
 # what this script writes in --out (see utils.claim_out_dir); the contact sheets a person marks
 # stay beside the feedback made from them
-OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "args.json"]
+OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "checkpoint/adapted_*.pt", "args.json"]
 CONTACT_SHEET_OUTPUTS = ["contact_sheet_*.png", "contact_sheet_args.json"]
+# the flags that make a run what it is: --resume refuses to change them
+RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "n_feedback", "feedback_seed", "n_models",
+             "iter", "ewc_lambda", "fisher_samples", "batch", "lr", "r1", "d_reg_every", "path_regularize",
+             "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "seed")
 
 
 def read_marked(args, n):
@@ -121,9 +126,11 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
             "sources": {"ckpt": os.path.abspath(args.ckpt)}}
 
 
-def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_path_length, device):
+def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_path_length, device, save):
     """Stage 1 for adapted model j: from θ_G (g_ema) and D, train on the negatives with the
-    adversarial loss + EWC. Returns its networks and running path length."""
+    adversarial loss + EWC; `save(j, done, nets, optimizers, gan_step)` writes the model in
+    progress every --save_every steps, and with --resume its newest one is continued. Returns
+    its networks and running path length."""
     utils.seed_everything(args.seed + j)
     nets = checkpoint.build_stylegan2(model_args)
     nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
@@ -139,8 +146,16 @@ def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_
 
     gan_step = gan.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
                              mean_path_length=mean_path_length, device=device)
-    gan.run_gan_training(gan_step, gan.random_batches(negatives, args.batch, device), 0, args.iter,
-                           args.log_every, desc=f"adapted {j}: ")
+    optimizers = {"g_optim": g_optim, "d_optim": d_optim}
+    start, resume_from = 0, None
+    if args.resume:
+        progress = sorted(glob.glob(os.path.join(args.out, "checkpoint", f"adapted_{j}_*.pt")))  # the newest only
+        resume_from = progress[-1] if progress else None
+        if resume_from is not None:
+            start = gan.resume_run(resume_from, nets, optimizers, gan_step, args.iter)
+    gan.run_gan_training(gan_step, gan.random_batches(negatives, args.batch, device), start, args.iter,
+                         args.log_every, desc=f"adapted {j}: ", save=lambda done: save(j, done, nets, optimizers, gan_step),
+                         save_every=args.save_every, last_good=resume_from)
     return nets, float(gan_step.mean_path_length)
 
 
@@ -156,7 +171,7 @@ def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", required=True,
                         help="the pre-trained StyleGAN2: a .pt of ours or rosinality's, or an NVlabs .pkl (θ_G = its g_ema)")
-    utils.add_out_args(parser, "runs/adapt", resume=False)
+    utils.add_out_args(parser, "runs/adapt")
     parser.add_argument("--n_feedback", type=utils.positive_int, default=1000, help="samples shown to the user (the paper: 1000)")
     parser.add_argument("--feedback_seed", type=utils.nonnegative_int, default=0, help="seed of the feedback samples' latents and noise")
     who = parser.add_argument_group("who labels the samples")
@@ -175,6 +190,8 @@ def create_argparser():
                         help="with --classifier: samples per adapted model whose negative share is printed")
     parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each adapted model's sample grid")
     parser.add_argument("--batch_eval", type=utils.positive_int, default=100, help="batch size for generating and classifying")
+    parser.add_argument("--save_every", type=utils.positive_int, default=500,
+                        help="save the adapted model in progress every this many steps (OUT/checkpoint), for --resume")
     parser.add_argument("--log_every", type=utils.positive_int, default=10, help="progress bar update (and NaN check) every this many steps")
     parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed (adapted model j uses seed + j)")
     parser.add_argument("--device", default=utils.default_device(), help="cuda or cpu")
@@ -200,6 +217,8 @@ def main(args):
     g_ema = pretrained["g_ema"].eval()
     fingerprint = checkpoint.state_fingerprint(ckpt["g_ema"])
 
+    if args.resume:
+        checkpoint.check_same_run(args, RUN_FLAGS)
     if args.contact_sheet:
         images = torch.cat([batch.cpu() for _, batch in metrics.generate_images(
             g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
@@ -229,17 +248,37 @@ def main(args):
           f"-> {feedback_path}")
     negatives = feedback["images"][negative]  # uint8, as the user saw them
 
+    sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
+
+    def progress_files(j):
+        return sorted(glob.glob(os.path.join(args.out, "checkpoint", f"adapted_{j}_*.pt")))
+
+    def save_progress(j, done, nets, optimizers, gan_step):
+        """The adapted model in progress; only the newest is kept (one model's worth of disk)."""
+        os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
+        older = progress_files(j)
+        path = checkpoint.save_generator(os.path.join(args.out, "checkpoint", f"adapted_{j}_{done:06d}.pt"), nets,
+                                         model_args, args, done, sources, optimizers,
+                                         mean_path_length=gan_step.mean_path_length, rng=gan.rng_state())
+        for old in older:
+            os.remove(old)
+        return path
+
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], generator=torch.Generator().manual_seed(args.seed))
     for j in range(args.n_models):
+        path = os.path.join(args.out, f"adapted_{j}.pt")
+        if args.resume and os.path.isfile(path):
+            print(f"kept {path} (finished)")
+            continue
         nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
-                                           ckpt.get("mean_path_length", 0.0), device)
+                                           ckpt.get("mean_path_length", 0.0), device, save_progress)
         record = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
                   "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
                   "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
-        path = os.path.join(args.out, f"adapted_{j}.pt")
-        sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}
         checkpoint.save_generator(path, nets, model_args, args, args.iter, sources, method=record,
                                   mean_path_length=mean_path_length, generator_fingerprint=fingerprint)
+        for done in progress_files(j):  # the finished model replaces its progress checkpoint
+            os.remove(done)
         gan.save_samples(nets["g_ema"], sample_z.to(device), os.path.join(args.out, f"adapted_{j}.png"))
         line = f"wrote {path}"
         if oracle is not None:

@@ -124,26 +124,6 @@ METHODS = {
 }
 
 
-def resume(path, g, d, g_ema, g_optim, d_optim, gan_step, args):
-    """Load the run's state from its checkpoint `path` (networks, optimisers, running path
-    length, random state); returns the step to continue from."""
-    state = checkpoint.load_checkpoint(path, "stylegan2")
-    if "g_optim" not in state or "rng" not in state:
-        raise utils.UserError(f"{path} keeps no optimiser or random state (written before runs could resume); "
-                              "start again with --overwrite")
-    for name, net in (("g", g), ("d", d), ("g_ema", g_ema)):
-        checkpoint.load_state_strict(net, state[name], path, name)
-    g_optim.load_state_dict(state["g_optim"])
-    d_optim.load_state_dict(state["d_optim"])
-    gan_step.mean_path_length.fill_(float(state.get("mean_path_length", 0.0)))
-    gan.set_rng_state(state["rng"])
-    start = int(state["step"])
-    if start >= args.iter:
-        raise utils.UserError(f"the run in --out {args.out} is at step {start}; raise --iter above it to train on")
-    print(f"resuming {path} at step {start}")
-    return start
-
-
 def create_argparser():
     parser = utils.make_parser(__doc__)
     parser.add_argument("--ckpt", required=True,
@@ -199,7 +179,8 @@ def main(args):
                            mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)
     start, resume_from = 0, checkpoint.last_checkpoint(args.out, "unlearned.pt") if args.resume else None
     if resume_from is not None:
-        start = resume(resume_from, g, d, g_ema, g_optim, d_optim, gan_step, args)
+        start = gan.resume_run(resume_from, {"g": g, "d": d, "g_ema": g_ema}, {"g_optim": g_optim, "d_optim": d_optim},
+                               gan_step, args.iter)
 
     record = {"stage": "unlearn", "method": args.method, **details, "iter": args.iter,
               "positives": len(positives), "feedback": os.path.abspath(args.feedback)}

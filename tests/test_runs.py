@@ -120,3 +120,19 @@ def test_ctrl_c_ends_in_one_line_with_status_130(tmp_path):
     assert process.returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted:") and "--resume" in stderr
     assert torch.load(sorted((out / "checkpoint").glob("*.pt"))[-1], weights_only=True)["step"] % 5 == 0
+
+
+def test_negative_adapt_resumes_after_kill_9(tmp_path):
+    """Finished adapted models are kept, the one in progress continues from its checkpoint."""
+    gan = tmp_path / "gan"
+    run_main(train_stylegan2, *TINY, "--iter", 1, "--out", gan)
+    out = tmp_path / "adapt"
+    flags = ["--ckpt", str(gan / "pretrained.pt"), "--n_feedback", "8", "--marked", "0", "1", "2", "--n_models", "3",
+             "--iter", "40", "--fisher_samples", "4", "--batch", "4", "--n_sample", "4", "--save_every", "2"]
+    command = [sys.executable, "negative_adapt.py", *flags, "--resume", "--out", str(out)]
+    kill_at_random_moments(command, out, 3, seed=2)
+    run_main(negative_adapt, *flags, "--resume", "--out", out)
+    for j in range(3):
+        assert checkpoint.load_checkpoint(str(out / f"adapted_{j}.pt"))["step"] == 40
+    assert not list((out / "checkpoint").glob("*.pt"))  # progress checkpoints go once a model is done
+    assert not [name for _, _, files in os.walk(out) for name in files if name.endswith(".tmp")]
