@@ -64,7 +64,7 @@ def feature_space(args, clf, meta):
         # identified by the weights' hash, not the path: statistics stay valid in a moved run folder
         return "classifier-feature FID", features, {
             "feature_extractor": f"classifier penultimate features ({meta['arch']})",
-            "weights": os.path.abspath(meta["path"]), "weights_sha256": utils.file_sha256(meta["path"]),
+            "weights": os.path.abspath(meta["path"]), "weights_sha256": metrics.file_sha256(meta["path"]),
             "note": "classifier-feature FID: not the Inception FID, not comparable to published FIDs"}
     net, info = metrics.load_fid_inception(args.inception, args.device)
     return "FID", lambda images: metrics.inception_features(net, images), info
@@ -99,7 +99,7 @@ def pass_cache_key(args, negative, fid_info):
     a borderline sample. None without --cache."""
     if not args.cache:
         return None
-    return {"classifier_sha256": utils.file_sha256(args.classifier), "negative": negative,
+    return {"classifier_sha256": metrics.file_sha256(args.classifier), "negative": negative,
             "features": fid_info.get("feature_extractor"), "features_sha256": fid_info.get("weights_sha256"),
             "seed": args.seed, "n_eval": args.n_eval, "n_fid": args.n_fid, "batch": args.batch,
             "device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -111,7 +111,7 @@ def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, feature
     samples is most of a call's time on a CPU."""
     if cache_key is None:
         return generator_pass(g, args, clf, meta, negative, features, desc)
-    key_text = json.dumps({**cache_key, "generator_sha256": utils.file_sha256(path)}, sort_keys=True)
+    key_text = json.dumps({**cache_key, "generator_sha256": metrics.file_sha256(path)}, sort_keys=True)
     file = os.path.join(args.cache, hashlib.sha256(key_text.encode()).hexdigest()[:24] + ".npz")
     if os.path.isfile(file):
         try:

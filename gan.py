@@ -15,7 +15,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, load_state_strict
 from method import fisher_diagonal
 from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
-                   save_image_grid)
+                   save_image_grid, set_rng_state)
 
 
 def add_gan_training_args(parser):
@@ -242,22 +242,6 @@ def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
     g.train(was_training)
     return fisher
 
-
-
-def rng_state():
-    """The random state a resumed run continues from: torch's CPU (and CUDA) generators and Python's."""
-    state = random.getstate()
-    record = {"torch": torch.get_rng_state(), "python": [state[0], list(state[1]), state[2]]}
-    if torch.cuda.is_available():
-        record["cuda"] = torch.cuda.get_rng_state_all()
-    return record
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resume_run(path, nets, optimizers, gan_step, iters):

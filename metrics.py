@@ -5,6 +5,7 @@ features (Inception or the classifier's), their statistics and the Fréchet dist
 Ret-FID: the distance to the retrained model's statistics); the side effects on other classes.
 """
 
+import hashlib
 import os
 import sys
 
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from checkpoint import class_names
-from utils import UserError, atomic_write, file_sha256, to_uint8
+from utils import UserError, atomic_write, to_uint8
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +174,15 @@ FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid
 
 
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # torch.hub's hash prefix in the file name
+
+
+def file_sha256(path):
+    """sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_fid_inception(path, device="cpu"):

@@ -259,7 +259,7 @@ def main(args):
         older = progress_files(j)
         path = checkpoint.save_generator(os.path.join(args.out, "checkpoint", f"adapted_{j}_{done:06d}.pt"), nets,
                                          model_args, args, done, sources, optimizers,
-                                         mean_path_length=gan_step.mean_path_length, rng=gan.rng_state())
+                                         mean_path_length=gan_step.mean_path_length, rng=utils.rng_state())
         for old in older:
             os.remove(old)
         return path

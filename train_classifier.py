@@ -37,7 +37,10 @@ from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
-OUTPUTS = ["classifier.pt", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+OUTPUTS = ["classifier.pt", "checkpoint/member_*.pt", "args.json"]  # see utils.claim_out_dir
+# the flags that make a run what it is: --resume refuses to change them
+RUN_FLAGS = ("dataset", "data", "attributes", "test_data", "test_fraction", "arch", "size", "image_size", "channels",
+             "batch", "epochs", "optim", "lr", "hflip", "translate", "members", "seed")
 
 
 def resolve_defaults(args):
@@ -154,11 +157,21 @@ def test_accuracy(model, loader, meta, device):
     return overall, per_name
 
 
-def train(args, model, meta, train_loader, device):
+def train(args, model, meta, train_loader, device, progress=None, save=None):
+    """Train `model` for --epochs; `save(epochs_done, state)` runs after each epoch with what
+    `progress` holds to continue from there (weights, optimiser, schedule, random states)."""
     optim = OPTIMIZERS[args.optim](model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     # cosine decay to 0 over the run (the paper gives no schedule; the end matters: no model selection)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, args.epochs * len(train_loader))
-    for epoch in range(args.epochs):
+    start = 0
+    if progress is not None:
+        model.load_state_dict(progress["model"])
+        optim.load_state_dict(progress["optim"])
+        schedule.load_state_dict(progress["schedule"])
+        train_loader.generator.set_state(progress["loader_rng"])
+        utils.set_rng_state(progress["rng"])
+        start = int(progress["epochs_done"])
+    for epoch in range(start, args.epochs):
         model.train()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}")
         seen = correct = 0
@@ -177,6 +190,9 @@ def train(args, model, meta, train_loader, device):
             seen, correct = seen + count, correct + int(hits)
             bar.set_description(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.4f} "
                                 f"train acc {100 * correct / seen:.2f}%")
+        if save is not None:
+            save(epoch + 1, {"model": model.state_dict(), "optim": optim.state_dict(), "schedule": schedule.state_dict(),
+                             "loader_rng": train_loader.generator.get_state(), "rng": utils.rng_state()})
     return model.eval()
 
 
@@ -214,18 +230,26 @@ def create_argparser():
                              "that decides by their mean probability; FID features are the first member's")
     parser.add_argument("--seed", type=utils.nonnegative_int, default=0, help="random seed (initialisation, shuffling, hold-out split)")
     parser.add_argument("--device", default=utils.default_device(), help="torch device")
-    utils.add_out_args(parser, "runs/classifier", resume=False)
+    utils.add_out_args(parser, "runs/classifier")
     return parser
 
 
 def main(args):
     args = resolve_defaults(args)
     utils.seed_everything(args.seed)
-    utils.claim_out_dir(args, OUTPUTS)
-    utils.write_args_json(args.out, args)
 
     train_set, test_set, info = load_splits(args)
     meta = classifier_meta(args, info)
+    # the data is read and checked: only now is --out made
+    finished = os.path.join(args.out, "classifier.pt")
+    if args.resume:
+        checkpoint.check_same_run(args, RUN_FLAGS)
+        if os.path.isfile(finished):
+            print(f"{finished} is finished: nothing to resume")
+            return checkpoint.load_checkpoint(finished, "classifier")
+    utils.claim_out_dir(args, OUTPUTS)
+    os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
+    utils.write_args_json(args.out, args)
     names = checkpoint.class_names(meta)
     print(f"{args.arch} on {args.dataset}: {len(train_set)} train / {len(test_set)} test images, "
           f"{len(names)} {'attributes' if meta['multilabel'] else 'classes'}, input "
@@ -248,7 +272,15 @@ def main(args):
             raise utils.UserError(f"--arch {args.arch} --channels {args.channels}: {err}")
         train_loader = torch.utils.data.DataLoader(train_set, shuffle=True, drop_last=False,
                                                    generator=torch.Generator().manual_seed(seed), **loader_args)
-        members.append(train(args, model, meta, train_loader, args.device))
+        progress_path = os.path.join(args.out, "checkpoint", f"member_{i}.pt")
+        progress = None
+        if args.resume and os.path.isfile(progress_path):
+            progress = checkpoint.load_checkpoint(progress_path, "classifier_progress")
+            print(f"resuming member {i} after epoch {progress['epochs_done']} ({progress_path})")
+
+        def save(epochs_done, state, path=progress_path):
+            checkpoint.save_checkpoint({"kind": "classifier_progress", "epochs_done": epochs_done, **state}, path)
+        members.append(train(args, model, meta, train_loader, args.device, progress, save))
         if args.members > 1:
             member_accuracy.append(test_accuracy(members[-1], test_loader, meta, args.device)[0])
             print(f"member {i} (seed {seed}): test accuracy {member_accuracy[-1]:.2f}%")
@@ -261,6 +293,8 @@ def main(args):
               "epochs": args.epochs, "args": checkpoint.plain_args(args),
               "sources": {"data": dataset.data_source(args.dataset, args.data), "test_data": args.test_data}}
     path = checkpoint.save_classifier(os.path.join(args.out, "classifier.pt"), model, meta, **fields)
+    for i in range(args.members):  # the finished classifier replaces the members' progress
+        os.remove(os.path.join(args.out, "checkpoint", f"member_{i}.pt"))
     print(f"test accuracy {accuracy:.2f}% on {len(test_set)} images"
           + (" (mean over attributes)" if meta["multilabel"] else ""))
     print("  " + ", ".join(f"{name} {value:.1f}%" for name, value in per_name.items()))

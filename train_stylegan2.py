@@ -80,7 +80,7 @@ def make_loader(images, batch, workers, rank, world):
 
 def save(path, nets, optimizers, model_args, args, step, sources, gan_step):
     return checkpoint.save_generator(path, nets, model_args, args, step, sources, optimizers,
-                                     mean_path_length=gan_step.mean_path_length, rng=gan.rng_state())
+                                     mean_path_length=gan_step.mean_path_length, rng=utils.rng_state())
 
 
 def train(args, nets, optimizers, model_args, data, start, mean_path_length, sample_z, rank, world, device,
@@ -172,7 +172,7 @@ def main(args):
     utils.seed_everything(args.seed)
     sample_z = torch.randn(args.n_sample, model_args["style_dim"], device=device)
     if resumed is not None and "rng" in resumed:
-        gan.set_rng_state(resumed["rng"])
+        utils.set_rng_state(resumed["rng"])
     else:
         utils.seed_everything(args.seed + rank + 1)  # different noise per process
 

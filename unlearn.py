@@ -196,7 +196,7 @@ def main(args):
         path = path or os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
         return checkpoint.save_generator(path, {"g": g, "d": d, "g_ema": g_ema}, model_args, args, done, sources,
                                          {"g_optim": g_optim, "d_optim": d_optim}, dict(record, step=done),
-                                         gan_step.mean_path_length, rng=gan.rng_state())
+                                         gan_step.mean_path_length, rng=utils.rng_state())
 
     print(f"{args.method}{' ' + args.repulsion if args.method == 'repulsion' else ''}: "
           f"{len(positives)} positives, {args.iter} iterations")

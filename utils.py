@@ -6,7 +6,6 @@ Imports torch, numpy and pillow only, so that any script (the toy too) can use i
 
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
@@ -81,6 +80,22 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def rng_state():
+    """The random state a resumed run continues from: torch's CPU (and CUDA) generators and Python's."""
+    state = random.getstate()
+    record = {"torch": torch.get_rng_state(), "python": [state[0], list(state[1]), state[2]]}
+    if torch.cuda.is_available():
+        record["cuda"] = torch.cuda.get_rng_state_all()
+    return record
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def prepare_out_dir(out):
     """Create `out` and fail early (not after an hour of training) when it is not writable.
     Temporary files that a killed run left (atomic_write's `.NAME.*.tmp`) are removed."""
@@ -90,16 +105,13 @@ def prepare_out_dir(out):
             pass
     except OSError as err:
         raise UserError(f"cannot write to --out {out}: {err.strerror}; choose another folder")
-    for folder, _, files in os.walk(out):
-        for name in files:
-            if TEMPORARY.fullmatch(name):
-                os.remove(os.path.join(folder, name))
+    for name in (os.path.join(d, f) for d, _, files in os.walk(out) for f in files if TEMPORARY.fullmatch(f)):
+        os.remove(name)
     return out
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a bad command line reported in one line (not the usage block) and status 2."""
-
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
@@ -115,8 +127,8 @@ def _number(kind, low=None, above=None, high=None, what=""):
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or (low is not None and value < low) \
+            value = math.nan
+        if not math.isfinite(value) or (low is not None and value < low) \
                 or (above is not None and value <= above) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
@@ -144,9 +156,8 @@ def add_out_args(parser, default, resume=True):
 
 
 def claim_out_dir(args, outputs):
-    """Make --out ready for this run. `outputs`: glob patterns of what the script writes there.
-    A folder that holds such files is refused unless --resume (they are kept) or --overwrite
-    (they are removed first, and nothing else)."""
+    """Make --out ready: a folder holding this script's `outputs` (glob patterns) is refused unless
+    --resume (they are kept) or --overwrite (they, and nothing else, are removed first)."""
     found = sorted(path for pattern in outputs for path in glob.glob(os.path.join(args.out, pattern)))
     if found and not (getattr(args, "resume", False) or args.overwrite):
         shown = ", ".join(os.path.relpath(path, args.out) for path in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -203,15 +214,6 @@ def atomic_write(path, write):
         raise
 
 
-def file_sha256(path):
-    """sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def to_uint8(images):
     """Images in [-1, 1] -> uint8 [0, 255], rounded exactly as `save_image_grid` saves them."""
     return ((images.detach().float().clamp(-1, 1) + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
@@ -220,7 +222,6 @@ def to_uint8(images):
 def from_uint8(images):
     """uint8 [0, 255] -> float images in [-1, 1] (the inverse of `to_uint8` on its values)."""
     return images.float() / 127.5 - 1
-
 
 
 def image_grid(images, nrow=8, padding=1):

@@ -381,7 +381,7 @@ def random_inception(tmp_path_factory):
 
 def test_inception_weights_are_checked(random_inception, tmp_path, capsys):
     net, info = metrics.load_fid_inception(random_inception)
-    assert info["weights_sha256"] == utils.file_sha256(random_inception)
+    assert info["weights_sha256"] == metrics.file_sha256(random_inception)
     assert not info["standard_fid_weights"] and "not comparable" in capsys.readouterr().err
     features = metrics.inception_features(net, torch.rand(2, 3, 16, 16) * 2 - 1)
     assert features.shape == (2, 2048) and features.dtype == torch.float64 and torch.isfinite(features).all()
@@ -410,7 +410,7 @@ def test_evaluate_with_inception_features(files, random_inception, tmp_path):
                                           n_fid=2, n_real=2, n_sample=0, batch=4))
     assert seen and all(shape == ((2048,), (2048, 2048)) * 2 for shape in seen)
     fid = record["protocol"]["fid"]
-    assert fid["name"] == "FID" and fid["weights_sha256"] == utils.file_sha256(random_inception)
+    assert fid["name"] == "FID" and fid["weights_sha256"] == metrics.file_sha256(random_inception)
     assert fid["reference_set"]["n_images"] == 2 and "torch-fidelity" in fid["library"]
     mu, sigma, fields = metrics.load_statistics(str(out / "real_stats.npz"))
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and fields["n_images"] == "2"

@@ -14,6 +14,7 @@ import torch
 
 import checkpoint
 import negative_adapt
+import train_classifier
 import train_stylegan2
 import unlearn
 from conftest import cli_error, run_main
@@ -77,19 +78,19 @@ def kill_at_random_moments(command, out, kills, seed):
 
 def test_train_stylegan2_resumes_after_kill_9(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "train_stylegan2.py", *TINY, "--iter", "150", "--save_every", "2", "--resume",
+    command = [sys.executable, "train_stylegan2.py", *TINY, "--iter", "100", "--save_every", "2", "--resume",
                "--out", str(out)]
     kill_at_random_moments(command, out, 3, seed=0)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 150
+    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 100
     assert not [name for _, _, files in os.walk(out) for name in files if name.endswith(".tmp")]
     # a flag that would change the run is refused; --iter may grow
-    assert "--lr 0.002 -> 0.01" in cli_error(train_stylegan2, *TINY, "--iter", 151, "--lr", 0.01, "--resume",
+    assert "--lr 0.002 -> 0.01" in cli_error(train_stylegan2, *TINY, "--iter", 101, "--lr", 0.01, "--resume",
                                              "--out", out)
-    run_main(train_stylegan2, *TINY, "--iter", 151, "--resume", "--out", out)
-    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 151
-    assert "raise --iter" in cli_error(train_stylegan2, *TINY, "--iter", 151, "--resume", "--out", out)
+    run_main(train_stylegan2, *TINY, "--iter", 101, "--resume", "--out", out)
+    assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 101
+    assert "raise --iter" in cli_error(train_stylegan2, *TINY, "--iter", 101, "--resume", "--out", out)
 
 
 def test_unlearn_resumes_after_kill_9(tmp_path):
@@ -136,3 +137,39 @@ def test_negative_adapt_resumes_after_kill_9(tmp_path):
         assert checkpoint.load_checkpoint(str(out / f"adapted_{j}.pt"))["step"] == 40
     assert not list((out / "checkpoint").glob("*.pt"))  # progress checkpoints go once a model is done
     assert not [name for _, _, files in os.walk(out) for name in files if name.endswith(".tmp")]
+
+
+def test_train_classifier_resumes_after_kill_9(tmp_path):
+    """Members finished and the one in progress continue from their last epoch; the result has the
+    epochs of an uninterrupted run."""
+    out = tmp_path / "clf"
+    flags = ["--dataset", "synthetic", "--epochs", "12", "--members", "2", "--device", "cpu"]
+    command = [sys.executable, "train_classifier.py", *flags, "--resume", "--out", str(out)]
+    kill_at_random_moments(command, out, 3, seed=3)
+    run_main(train_classifier, *flags, "--resume", "--out", out)
+    ckpt = checkpoint.load_checkpoint(str(out / "classifier.pt"), "classifier")
+    assert ckpt["epochs"] == 12 and ckpt["members"] == 2 and ckpt["test_accuracy"] > 50
+    assert not list((out / "checkpoint").glob("*.pt"))
+    assert "--epochs 12 -> 13" in cli_error(train_classifier, *flags[:2], "--epochs", 13, "--members", 2, "--resume",
+                                          "--out", out)
+
+
+def test_train_classifier_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """Interrupted after its first epoch and resumed, the classifier is bit for bit the one an
+    uninterrupted run trains (weights, optimiser, schedule and random streams all continue)."""
+    flags = ["--dataset", "synthetic", "--epochs", "3", "--device", "cpu"]
+    whole = run_main(train_classifier, *flags, "--out", tmp_path / "whole")
+    save = checkpoint.save_checkpoint
+
+    def save_then_stop(obj, path):
+        save(obj, path)
+        if obj.get("kind") == "classifier_progress" and obj["epochs_done"] == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_stop)
+    try:
+        run_main(train_classifier, *flags, "--out", tmp_path / "cut")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    resumed = run_main(train_classifier, *flags, "--resume", "--out", tmp_path / "cut")
+    assert all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
