@@ -50,7 +50,8 @@ def run_cli(main, args):
             check_device(args.device)
         return main(args)
     except KeyboardInterrupt:
-        again = "; rerun the command with --resume to continue" if hasattr(args, "resume") else ""
+        command = " ".join(["python"] + sys.argv + ["--resume"] * ("--resume" not in sys.argv))
+        again = f"; continue with: {command}" if hasattr(args, "resume") else ""
         print(f"\ninterrupted: the files written so far are whole{again}", file=sys.stderr)
         sys.exit(130)
     except UserError as err:
@@ -156,8 +157,7 @@ def add_out_args(parser, default, resume=True):
 
 
 def claim_out_dir(args, outputs):
-    """Make --out ready: a folder holding this script's `outputs` (glob patterns) is refused unless
-    --resume (they are kept) or --overwrite (they, and nothing else, are removed first)."""
+    """A folder holding this script's `outputs` (globs) is refused without --resume or --overwrite."""
     found = sorted(path for pattern in outputs for path in glob.glob(os.path.join(args.out, pattern)))
     if found and not (getattr(args, "resume", False) or args.overwrite):
         shown = ", ".join(os.path.relpath(path, args.out) for path in found[:3]) + (", ..." if len(found) > 3 else "")
