@@ -9,13 +9,15 @@ import math
 import random
 
 import torch
+from PIL import Image
 from torch.nn import functional as F
+from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_state_strict
 from method import fisher_diagonal
 from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
-                   save_image_grid, set_rng_state)
+                   atomic_write, set_rng_state)
 
 
 def add_gan_training_args(parser):
@@ -270,3 +272,11 @@ def save_samples(g_ema, sample_z, path):
     constant noise, √N images a row, as PNG."""
     images, _ = g_ema([sample_z], randomize_noise=False)
     save_image_grid(images, path, nrow=int(math.sqrt(len(sample_z))))
+
+
+def save_image_grid(images, path, nrow=8):
+    """Save images in [-1, 1] as one PNG grid (atomically)."""
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, normalize=True,
+                     value_range=(-1, 1), padding=1)
+    array = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))

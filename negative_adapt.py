@@ -89,7 +89,7 @@ def save_feedback_grid(images, negative, path, n_show=64):
     for i in torch.nonzero(negative[:n_show]).flatten():
         shown[i, :, [0, -1], :] = red[:, :, :1].expand(3, 2, shown.shape[3])
         shown[i, :, :, [0, -1]] = red.expand(3, shown.shape[2], 2)
-    utils.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
+    gan.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
 
 
 def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):

@@ -1,5 +1,5 @@
 """What every script needs and no other module is about: one-line user errors, the CLI
-wrapper, seeding, the output folder, atomic file writes, and images on disk.
+wrapper, seeding, the output folder, atomic file writes, and uint8 images.
 
 Imports torch, numpy and pillow only, so that any script (the toy too) can use it.
 """
@@ -16,7 +16,6 @@ import tempfile
 
 import numpy as np
 import torch
-from PIL import Image
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,6 +53,12 @@ def run_cli(main, args):
         again = f"; continue with: {command}" if hasattr(args, "resume") else ""
         print(f"\ninterrupted: the files written so far are whole{again}", file=sys.stderr)
         sys.exit(130)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "memory" not in str(err) and "alloc" not in str(err):
+            raise
+        print(f"error: out of memory ({str(err).strip().splitlines()[0][:120]}); lower the sizes and counts given "
+              "(--batch, --n_sample, --n_eval, ...)", file=sys.stderr)
+        sys.exit(2)
     except UserError as err:
         lines = str(err).strip().splitlines()
         # raised in a DataLoader worker, it arrives wrapped in the worker's traceback: its last line
@@ -222,29 +227,3 @@ def to_uint8(images):
 def from_uint8(images):
     """uint8 [0, 255] -> float images in [-1, 1] (the inverse of `to_uint8` on its values)."""
     return images.float() / 127.5 - 1
-
-
-def image_grid(images, nrow=8, padding=1):
-    """Images in [-1, 1] [N, C, H, W] -> one grid [3, H', W'] in [0, 1]: `nrow` images a row,
-    `padding` black pixels between and around them (torchvision's make_grid with normalize=True,
-    value_range=(-1, 1), written out so that no script needs torchvision for a PNG)."""
-    images = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    if len(images) == 1:
-        return images[0]
-    n, channels, h, w = images.shape
-    columns = min(nrow, n)
-    rows = -(-n // columns)
-    grid = images.new_zeros(channels, rows * (h + padding) + padding, columns * (w + padding) + padding)
-    for k, image in enumerate(images):
-        top, left = (k // columns) * (h + padding) + padding, (k % columns) * (w + padding) + padding
-        grid[:, top:top + h, left:left + w] = image
-    return grid
-
-
-def save_image_grid(images, path, nrow=8):
-    """Save images in [-1, 1] as one PNG grid (atomically)."""
-    grid = image_grid(images, nrow)
-    array = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))

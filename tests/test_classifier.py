@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 import checkpoint
 import dataset
@@ -268,16 +267,3 @@ def test_mnist5k_loads_as_ten_classes():
     assert info["classes"] == [str(i) for i in range(10)] and len(data) > 0
     image, label = data[0]
     assert image.shape == (3, 32, 32) and -1 <= image.min() and image.max() <= 1
-
-
-def test_image_grid_equals_torchvision_make_grid():
-    """utils.image_grid is written out so that no script needs torchvision for a PNG: it must lay
-    images out exactly as make_grid(normalize=True, value_range=(-1, 1), padding=1)."""
-    images = torch.rand(7, 3, 5, 4, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
-    for n, nrow in ((7, 3), (7, 8), (4, 2), (1, 8)):
-        expected = make_grid(images[:n].clone().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1),
-                             padding=1)
-        assert torch.equal(utils.image_grid(images[:n], nrow), expected), (n, nrow)
-    gray = images[:3, :1]
-    assert torch.equal(utils.image_grid(gray, 2), make_grid(gray.clone().clamp(-1, 1), nrow=2, normalize=True,
-                                                             value_range=(-1, 1), padding=1))

@@ -105,3 +105,16 @@ def test_train_classifier_stops_on_a_nan_loss(tmp_path):
                      "--out", tmp_path / "clf")
     assert "NaN or infinite in epoch 1" in line and "nothing was saved" in line
     assert not (tmp_path / "clf" / "classifier.pt").exists()
+
+
+@pytest.mark.parametrize("script, args", [
+    (train_stylegan2, ["--dataset", "synthetic", "--size", "8", "--n_sample", str(10 ** 11)]),
+    (train_stylegan2, ["--dataset", "synthetic", "--size", "8", "--style_dim", str(10 ** 9)]),
+    (mog_toy, ["--n_eval", str(10 ** 12), "--quiet"]),
+])
+def test_absurdly_large_numbers_end_in_one_line(script, args, tmp_path):
+    line = cli_error(script, *args, "--device", "cpu", "--out", tmp_path / "out") if script is train_stylegan2 \
+        else cli_error(script, *args, "--out", tmp_path / "out")
+    assert "out of memory" in line and "lower the sizes" in line, line
+    if script is train_stylegan2:
+        assert not (tmp_path / "out").exists()
