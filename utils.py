@@ -11,8 +11,10 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import torch
@@ -43,15 +45,26 @@ def check_device(device):
 
 def run_cli(main, args):
     """Call `main(args)` after checking `args.device` (when the script has one); a UserError
-    ends the process with a one-line message and status 2."""
+    ends the process with a one-line message and status 2, Ctrl-C with one line and status 130."""
+    command = " ".join(["python"] + sys.argv + ["--resume"] * ("--resume" not in sys.argv))
+    interrupted = "interrupted: the files written so far are whole" + \
+        (f"; continue with: {command}" if hasattr(args, "resume") else "")
+
+    def on_sigint(signum, frame):
+        if on_sigint.seen:  # the first KeyboardInterrupt was swallowed (e.g. raised inside a __del__)
+            print(f"\n{interrupted}", file=sys.stderr, flush=True)
+            os._exit(130)
+        on_sigint.seen = True
+        raise KeyboardInterrupt
+    on_sigint.seen = False
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
         return main(args)
     except KeyboardInterrupt:
-        command = " ".join(["python"] + sys.argv + ["--resume"] * ("--resume" not in sys.argv))
-        again = f"; continue with: {command}" if hasattr(args, "resume") else ""
-        print(f"\ninterrupted: the files written so far are whole{again}", file=sys.stderr)
+        print(f"\n{interrupted}", file=sys.stderr)
         sys.exit(130)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and "memory" not in str(err) and "alloc" not in str(err):
@@ -65,6 +78,9 @@ def run_cli(main, args):
         message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(err)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
