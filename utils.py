@@ -1,7 +1,7 @@
 """What every script needs and no other module is about: one-line user errors, the CLI
 wrapper, seeding, the output folder, atomic file writes, and uint8 images.
 
-Imports torch, numpy and pillow only, so that any script (the toy too) can use it.
+Imports torch and numpy only, so that any script (the toy too) can use it.
 """
 
 import argparse
