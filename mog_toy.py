@@ -8,102 +8,37 @@ the positives with a repulsion loss (Stage 2), and scores every generator on fix
     python mog_toy.py --out runs/mog_toy_all --method all --repulsion all --seed 1
 
 Writes OUT/mog_toy.png (one row per result: data + pre-trained samples | negatives + adapted
-samples | positives + unlearned samples), OUT/metrics.json and OUT/args.json.
+samples | positives + unlearned samples), OUT/metrics.json and OUT/args.json. The data, the
+networks, the scores and the figure are in mog.py; the method is method.py's, as for StyleGAN2.
 """
 
 import json
-import math
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import method
+import mog
 import utils
 
 METHODS = ("repulsion", "finetune", "extrapolation")  # what runs after Stage 1, in this order
 # μ of each repulsion loss when --mu is not given (nl2 is unbounded below: it wants a small μ)
 DEFAULT_MU = {"el2": 1.0, "nl2": 0.01, "il2": 1.0}
-MMD_BANDWIDTHS = (1.0, 4.0, 20.0)  # Gaussian kernel widths, in units of --std
-
-
-# ----------------------------------------------------------------------------------- data
-
-OUTPUTS = ["mog_toy.png", "metrics.json", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
-
-
-def mode_centers(n_modes, radius):
-    angles = torch.arange(n_modes, dtype=torch.float32) * (2 * math.pi / n_modes)
-    return radius * torch.stack([angles.cos(), angles.sin()], dim=1)  # [M, 2]
-
-
-def sample_mixture(n, centers, std, generator=None):
-    """n points from the equal-weight mixture of isotropic Gaussians at `centers`."""
-    modes = torch.randint(len(centers), (n,), generator=generator)
-    return centers[modes] + std * torch.randn(n, 2, generator=generator)
-
-
-def nearest_mode(points, centers):
-    """Index of the nearest centre and the distance to it, for points [N, 2]."""
-    dist = torch.cdist(points, centers)  # [N, M]
-    distance, index = dist.min(dim=1)
-    return index, distance
-
-
-# ----------------------------------------------------------------------------------- networks
-
-
-class MLPCopies(torch.nn.Module):
-    """`copies` independent MLPs, run together with one batched matmul per layer.
-
-    Parameters have a leading copy axis ([copies, fan_in, fan_out]); copies never interact, so k
-    adapted generators (or k discriminators) train in one loop, each with its own Adam moments.
-    """
-
-    def __init__(self, sizes, negative_slope, copies=1):
-        super().__init__()
-        self.sizes = list(sizes)
-        self.negative_slope = negative_slope
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation range
-            self.weights.append(torch.nn.Parameter(torch.empty(copies, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(torch.nn.Parameter(torch.empty(copies, 1, fan_out).uniform_(-bound, bound)))
-
-    def forward(self, x):  # [copies, N, in] -> [copies, N, out]
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if layer < len(self.weights) - 1:
-                x = F.leaky_relu(x, self.negative_slope)
-        return x
-
-    def replicate(self, copies):
-        """A new MLPCopies with `copies` copies of copy 0 of this one."""
-        clone = MLPCopies(self.sizes, self.negative_slope, copies)
-        with torch.no_grad():
-            for target, source in zip(clone.parameters(), self.parameters()):
-                target.copy_(source[:1].expand_as(target))
-        return clone
-
-    def copy_state(self, index):
-        """Copy `index` as a one-copy state dict."""
-        return {name: value[index:index + 1].detach().clone() for name, value in self.state_dict().items()}
+OUTPUTS = ["mog_toy.png", "metrics.json", "args.json"]  # see utils.claim_out_dir
 
 
 def make_generator(args):
     """z [copies, N, z_dim] -> points [copies, N, 2]. ReLU: in our runs it gave sharper modes
     (fewer samples on the bridges between modes) than LeakyReLU, at equal cost."""
-    return MLPCopies([args.z_dim] + [args.g_width] * args.g_layers + [2], negative_slope=0.0)
+    return mog.MLPCopies([args.z_dim] + [args.g_width] * args.g_layers + [2], negative_slope=0.0)
 
 
 def make_discriminator(args):
     """points [copies, N, 2] -> logits [copies, N, 1]; LeakyReLU(0.2) (ReLU D collapsed at times)."""
-    return MLPCopies([2] + [args.d_width] * args.d_layers + [1], negative_slope=0.2)
+    return mog.MLPCopies([2] + [args.d_width] * args.d_layers + [1], negative_slope=0.2)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -169,7 +104,7 @@ def points_batch(points, copies, batch):
 
 def pretrain(args, centers):
     g, d = make_generator(args), make_discriminator(args)
-    real_batch = lambda: sample_mixture(args.batch, centers, args.std).unsqueeze(0)
+    real_batch = lambda: mog.sample_mixture(args.batch, centers, args.std).unsqueeze(0)
     return train_gan(args, g, d, real_batch, args.pretrain_iter, args.lr, "pre-train")
 
 
@@ -177,7 +112,7 @@ def collect_feedback(args, g, centers, negative_modes):
     """The user's labels: n samples of G, negative when their nearest mode is a negative mode."""
     with torch.no_grad():
         samples = g(torch.randn(1, args.n_feedback, args.z_dim))[0]
-    is_negative = negative_modes[nearest_mode(samples, centers)[0]]
+    is_negative = negative_modes[mog.nearest_mode(samples, centers)[0]]
     if is_negative.all() or not is_negative.any():
         kind = "positive" if is_negative.all() else "negative"
         raise utils.UserError(f"the {args.n_feedback} feedback samples contain no {kind} sample; "
@@ -213,104 +148,6 @@ def unlearn(args, g, d, positives, adapted, run):
     g, d = g.replicate(1), d.replicate(1)  # fresh copies of the pre-trained networks
     return train_gan(args, g, d, points_batch(positives, 1, args.batch), args.unlearn_iter,
                      args.stage_lr, f"unlearn {run}", g_penalty=g_penalty)[0]
-
-
-# ----------------------------------------------------------------------------------- metrics
-
-
-def mmd2_unbiased(x, y, bandwidths, block=1000):
-    """Unbiased MMD² between point sets x and y [N, 2], with the mean of the Gaussian kernels
-    exp(−‖a − b‖² / (2σ²)) over `bandwidths` σ (so k(a, a) = 1).
-
-    The pairs are taken within disjoint blocks of `block` points of x and of y (an incomplete
-    U-statistic): still unbiased and using every point, at a tenth of the cost of all pairs for
-    10,000 points. Blocks of a smaller x or y are cut to the smaller size.
-    """
-    def kernel_mean(a, b, same):
-        sq = torch.cdist(a, b).square_()  # [block, block]
-        total = sum(torch.exp(sq * (-0.5 / (s * s))).sum(dtype=torch.float64) for s in bandwidths)
-        total = total / len(bandwidths)
-        return (total - len(a)) / (len(a) * (len(a) - 1)) if same else total / (len(a) * len(b))
-
-    size = min(block, len(x), len(y))
-    estimates = []
-    for start in range(0, min(len(x), len(y)) - size + 1, size):
-        a, b = x[start:start + size], y[start:start + size]
-        estimates.append(kernel_mean(a, a, True) + kernel_mean(b, b, True) - 2 * kernel_mean(a, b, False))
-    return float(torch.stack(estimates).mean())
-
-
-def sample_metrics(samples, centers, negative_modes, std, reference, negatives_before=None):
-    """Scores of one generator's samples [N, 2] (all in %, except counts and mmd2).
-
-    A sample is negative when its nearest mode is negative, and high-quality (HQ) when it lies
-    within 3·std of its nearest mode. pul = 100·(neg_before − neg_after)/neg_before, pul_hq the
-    same counting only HQ negatives (before = `negatives_before`, else these samples: 0);
-    modes_covered = positive modes holding >= 2% of all samples as HQ samples (and
-    negative_modes_covered the same for the negative modes); mmd2 to `reference`.
-    """
-    n = len(samples)
-    index, distance = nearest_mode(samples, centers)
-    high_quality = distance <= 3 * std
-    is_negative = negative_modes[index]
-    negatives = int(is_negative.sum())
-    negatives_hq = int((is_negative & high_quality).sum())
-    before = negatives_before or {"negatives": negatives, "negatives_hq": negatives_hq}
-    hq_per_mode = torch.bincount(index[high_quality], minlength=len(centers))
-    covered = hq_per_mode >= 0.02 * n
-    pul = lambda before_, after: 100.0 * (before_ - after) / before_ if before_ > 0 else None
-    return {
-        "pul": pul(before["negatives"], negatives),
-        "pul_hq": pul(before["negatives_hq"], negatives_hq),
-        "hq": 100.0 * high_quality.float().mean().item(),
-        "modes_covered": int(covered[~negative_modes].sum()),
-        "negative_modes_covered": int(covered[negative_modes].sum()),
-        "mmd2": mmd2_unbiased(samples, reference, [b * std for b in MMD_BANDWIDTHS]),
-        "negatives": negatives,
-        "negatives_hq": negatives_hq,
-    }
-
-
-# ----------------------------------------------------------------------------------- figure
-
-COLORS = {"data": (175, 175, 175), "negative": (240, 140, 140), "positive": (140, 205, 140),
-          "samples": (25, 60, 200), "adapted": (140, 30, 10)}
-
-
-def scatter_panel(layers, extent, size):
-    """A square scatter plot over [−extent, extent]² of layers [(points [N, 2], rgb, dot size)],
-    drawn in order (later layers on top)."""
-    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
-    canvas[[0, -1], :] = canvas[:, [0, -1]] = 120  # frame
-    for points, color, dot in layers:
-        centre = np.rint((points.numpy() / extent + 1) / 2 * (size - 1)).astype(int)  # [N, (x, y)]
-        corner = centre - dot // 2
-        corner = corner[((corner >= 0) & (corner <= size - dot)).all(axis=1)]
-        for dx in range(dot):
-            for dy in range(dot):
-                canvas[size - 1 - corner[:, 1] - dy, corner[:, 0] + dx] = color
-    return Image.fromarray(canvas)
-
-
-def make_figure(rows, extent, size=240, n_points=1500):
-    """Figure 1c's layout, one row per result: rows = [(label, [layers] * 3, caption)]."""
-    font = ImageFont.load_default()
-    label_w, head_h, caption_h = 130, 36, 18
-    titles = [("data (grey)", "+ pre-trained G (blue)"), ("negatives (red)", "+ adapted G, k copies (brown)"),
-              ("positives (green)", "+ result (blue)")]
-    figure = Image.new("RGB", (label_w + 3 * size, head_h + len(rows) * (size + caption_h)), "white")
-    draw = ImageDraw.Draw(figure)
-    for column, lines in enumerate(titles):
-        for line_index, line in enumerate(lines):
-            draw.text((label_w + column * size + 6, 4 + 14 * line_index), line, fill="black", font=font)
-    for row, (label, panels, caption) in enumerate(rows):
-        top = head_h + row * (size + caption_h)
-        draw.text((6, top + size // 2), label, fill="black", font=font)
-        for column, layers in enumerate(panels):
-            layers = [(points[:n_points], color, dot) for points, color, dot in layers]
-            figure.paste(scatter_panel(layers, extent, size), (label_w + column * size, top))
-        draw.text((label_w + 2 * size + 6, top + size + 3), caption, fill="black", font=font)
-    return figure
 
 
 # ----------------------------------------------------------------------------------- main
@@ -409,17 +246,17 @@ def main(args):
     torch.set_num_threads(args.threads)
     utils.seed_everything(args.seed)
 
-    centers = mode_centers(args.n_modes, args.radius)
+    centers = mog.mode_centers(args.n_modes, args.radius)
     negative_modes = torch.zeros(args.n_modes, dtype=torch.bool)
     negative_modes[args.negative] = True
     # the same evaluation latents for every generator, and the reference points, from their own stream
     eval_rng = torch.Generator().manual_seed(args.seed + 10_000)
     z_eval = torch.randn(1, args.n_eval, args.z_dim, generator=eval_rng)
-    positive_mixture = sample_mixture(args.n_eval, centers[~negative_modes], args.std, eval_rng)
-    data = sample_mixture(args.n_eval, centers, args.std, eval_rng)
+    positive_mixture = mog.sample_mixture(args.n_eval, centers[~negative_modes], args.std, eval_rng)
+    data = mog.sample_mixture(args.n_eval, centers, args.std, eval_rng)
 
     def score(samples, before=None):
-        return sample_metrics(samples, centers, negative_modes, args.std, positive_mixture, before)
+        return mog.sample_metrics(samples, centers, negative_modes, args.std, positive_mixture, before)
 
     start = time.perf_counter()
     g, d = pretrain(args, centers)
@@ -437,7 +274,7 @@ def main(args):
     adapted = method.AdaptedParameters(theta_g, [method.select_parameters(s, names) for s in theta_neg_states])
     with torch.no_grad():
         adapted_samples = g_adapted(z_eval.expand(args.n_models, -1, -1)).reshape(-1, 2)
-    adapted_negative = negative_modes[nearest_mode(adapted_samples, centers)[0]]
+    adapted_negative = negative_modes[mog.nearest_mode(adapted_samples, centers)[0]]
     stage1 = {"negative_share": 100.0 * adapted_negative.float().mean().item(), "d0": adapted.d0,
               "spread": adapted.spread, "seconds": adapted_seconds}
 
@@ -468,7 +305,7 @@ def main(args):
 
     config = dict(vars(args), runs=runs, mu={loss: repulsion_mu(args, loss) for loss in runs if loss in DEFAULT_MU},
                   n_negative_feedback=len(negatives),
-                  n_positive_feedback=len(positives), mmd_bandwidths=[b * args.std for b in MMD_BANDWIDTHS])
+                  n_positive_feedback=len(positives), mmd_bandwidths=[b * args.std for b in mog.MMD_BANDWIDTHS])
     record = {"config": config, "pretrained": pretrained, "adapted": stage1, "methods": results}
     text = json.dumps(record, indent=2)
     utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))
@@ -480,13 +317,13 @@ def main(args):
 
     shuffled_adapted = adapted_samples[torch.randperm(len(adapted_samples))]
     # reference points as larger light dots, generated samples as small dark dots on top
-    data_panel = [(data, COLORS["data"], 3), (pretrained_samples, COLORS["samples"], 1)]
-    adapted_panel = [(negatives, COLORS["negative"], 3), (shuffled_adapted, COLORS["adapted"], 1)]
-    figure_rows = [(label, [data_panel, adapted_panel, [(positives, COLORS["positive"], 3),
-                                                         (samples, COLORS["samples"], 1)]],
+    data_panel = [(data, mog.COLORS["data"], 3), (pretrained_samples, mog.COLORS["samples"], 1)]
+    adapted_panel = [(negatives, mog.COLORS["negative"], 3), (shuffled_adapted, mog.COLORS["adapted"], 1)]
+    figure_rows = [(label, [data_panel, adapted_panel, [(positives, mog.COLORS["positive"], 3),
+                                                         (samples, mog.COLORS["samples"], 1)]],
                     f"pul {metrics['pul'] or 0:.1f}  hq {metrics['hq']:.1f}  modes {metrics['modes_covered']}")
                    for label, samples, metrics in rows]
-    make_figure(figure_rows, extent=args.radius + 8 * args.std).save(os.path.join(args.out, "mog_toy.png"))
+    mog.make_figure(figure_rows, extent=args.radius + 8 * args.std).save(os.path.join(args.out, "mog_toy.png"))
     return record
 
 

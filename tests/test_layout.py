@@ -24,7 +24,7 @@ SCRIPTS = {"train_stylegan2": train_stylegan2, "train_classifier": train_classif
            "unlearn": unlearn, "extrapolate": extrapolate, "evaluate": evaluate, "generate": generate,
            "mog_toy": mog_toy, "bench": bench}
 # module -> the project modules it may import (each only from below it)
-MODULES = {"utils": set(), "method": set(), "model": {"op"}, "dataset": {"utils"},
+MODULES = {"utils": set(), "method": set(), "mog": set(), "model": {"op"}, "dataset": {"utils"},
            "nvlabs": {"model", "utils"}, "checkpoint": {"model", "nvlabs", "utils"},
            "metrics": {"checkpoint", "utils"}, "gan": {"checkpoint", "method", "utils"}}
 PROJECT = set(MODULES) | set(SCRIPTS) | {"op"}

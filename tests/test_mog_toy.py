@@ -9,12 +9,13 @@ import sys
 import pytest
 import torch
 
+import mog
 import mog_toy
 from conftest import cli_error, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STD = 0.05
-CENTERS = mog_toy.mode_centers(8, 2.0)
+CENTERS = mog.mode_centers(8, 2.0)
 NEGATIVE = torch.zeros(8, dtype=torch.bool)
 NEGATIVE[[0, 1]] = True
 REFERENCE = CENTERS[2:].repeat(50, 1)  # 300 points on the positive modes
@@ -25,7 +26,7 @@ def on_modes(modes, per_mode):
 
 
 def score(samples, before=None):
-    return mog_toy.sample_metrics(samples, CENTERS, NEGATIVE, STD, REFERENCE, before)
+    return mog.sample_metrics(samples, CENTERS, NEGATIVE, STD, REFERENCE, before)
 
 
 def test_mode_centers_on_the_circle():
@@ -73,12 +74,12 @@ def test_mmd2_unbiased_by_hand():
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     # xx and yy: one distinct pair at distance 1 -> e^{-1/2}; xy: mean of (1, e^{-1/2}, e^{-1/2}, 1)
     e = math.exp(-0.5)
-    assert mog_toy.mmd2_unbiased(x, x.clone(), [1.0]) == pytest.approx(2 * e - 2 * (2 + 2 * e) / 4)
+    assert mog.mmd2_unbiased(x, x.clone(), [1.0]) == pytest.approx(2 * e - 2 * (2 + 2 * e) / 4)
     gen = torch.Generator().manual_seed(0)
-    a = mog_toy.sample_mixture(3000, CENTERS, STD, gen)
-    b = mog_toy.sample_mixture(3000, CENTERS, STD, gen)
-    same = mog_toy.mmd2_unbiased(a, b, [STD, 4 * STD])
-    shifted = mog_toy.mmd2_unbiased(a, b + 0.5, [STD, 4 * STD])
+    a = mog.sample_mixture(3000, CENTERS, STD, gen)
+    b = mog.sample_mixture(3000, CENTERS, STD, gen)
+    same = mog.mmd2_unbiased(a, b, [STD, 4 * STD])
+    shifted = mog.mmd2_unbiased(a, b + 0.5, [STD, 4 * STD])
     assert abs(same) < 2e-3 and shifted > 0.1
 
 
