@@ -61,26 +61,39 @@ def test_negative_adapt_never_mixes_two_runs(tmp_path):
     assert (tmp_path / "person" / "contact_sheet_00.png").is_file() and (tmp_path / "person" / "adapted_0.pt").is_file()
 
 
+def written(out):
+    return {(p.name, p.stat().st_mtime_ns) for p in (out / "checkpoint").glob("*.pt")} if (out / "checkpoint").is_dir() \
+        else set()
+
+
 def kill_at_random_moments(command, out, kills, seed):
     """Start `command` (with --resume), kill -9 it at a random moment after it has written its
-    first checkpoint, `kills` times over."""
+    first checkpoint, `kills` times over. Returns how many kills hit a running process and how
+    many of the restarts resumed a checkpoint (so a test can tell they really happened)."""
     rng = random.Random(seed)
+    hits = resumed = 0
     for _ in range(kills):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))  # what it printed survives the kill
+        before = written(out)
         deadline = time.time() + 120
-        while time.time() < deadline and not list((out / "checkpoint").glob("*.pt")) and process.poll() is None:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
+        while time.time() < deadline and written(out) <= before and process.poll() is None:
+            time.sleep(0.05)  # until this process has written a checkpoint of its own
+        time.sleep(rng.uniform(0.0, 0.3))  # anywhere in the next few steps or saves
         process.send_signal(signal.SIGKILL)
-        process.wait()
-        assert process.returncode in (-signal.SIGKILL, 0), process.stderr.read()[-2000:]
+        stdout, stderr = process.communicate()
+        assert process.returncode in (-signal.SIGKILL, 0), stderr[-2000:]
+        hits += process.returncode == -signal.SIGKILL
+        resumed += "resuming" in stdout
+    return hits, resumed
 
 
 def test_train_stylegan2_resumes_after_kill_9(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "train_stylegan2.py", *TINY, "--iter", "100", "--save_every", "2", "--resume",
                "--out", str(out)]
-    kill_at_random_moments(command, out, 3, seed=0)
+    hits, resumed = kill_at_random_moments(command, out, 3, seed=0)
+    assert hits == 3 and resumed >= 2
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert checkpoint.load_checkpoint(str(out / "pretrained.pt"))["step"] == 100
@@ -102,7 +115,8 @@ def test_unlearn_resumes_after_kill_9(tmp_path):
     stage2 = ["--ckpt", str(gan / "pretrained.pt"), "--feedback", str(tmp_path / "adapt" / "feedback.pt"), "--adapted",
               str(tmp_path / "adapt" / "adapted_0.pt"), "--batch", "4", "--n_sample", "4", "--save_every", "2"]
     command = [sys.executable, "unlearn.py", *stage2, "--iter", "60", "--resume", "--out", str(out)]
-    kill_at_random_moments(command, out, 3, seed=1)
+    hits, resumed = kill_at_random_moments(command, out, 3, seed=1)
+    assert hits == 3 and resumed >= 2
     run_main(unlearn, *stage2, "--iter", 60, "--resume", "--out", out)
     final = checkpoint.load_checkpoint(str(out / "unlearned.pt"))
     assert final["step"] == 60 and {"g_optim", "d_optim", "rng"} <= set(final)
@@ -136,7 +150,8 @@ def test_negative_adapt_resumes_after_kill_9(tmp_path):
     flags = ["--ckpt", str(gan / "pretrained.pt"), "--n_feedback", "8", "--marked", "0", "1", "2", "--n_models", "3",
              "--iter", "40", "--fisher_samples", "4", "--batch", "4", "--n_sample", "4", "--save_every", "2"]
     command = [sys.executable, "negative_adapt.py", *flags, "--resume", "--out", str(out)]
-    kill_at_random_moments(command, out, 3, seed=2)
+    hits, resumed = kill_at_random_moments(command, out, 3, seed=2)
+    assert hits == 3 and resumed >= 2
     run_main(negative_adapt, *flags, "--resume", "--out", out)
     for j in range(3):
         assert checkpoint.load_checkpoint(str(out / f"adapted_{j}.pt"))["step"] == 40
@@ -150,7 +165,8 @@ def test_train_classifier_resumes_after_kill_9(tmp_path):
     out = tmp_path / "clf"
     flags = ["--dataset", "synthetic", "--epochs", "12", "--members", "2", "--device", "cpu"]
     command = [sys.executable, "train_classifier.py", *flags, "--resume", "--out", str(out)]
-    kill_at_random_moments(command, out, 3, seed=3)
+    hits, resumed = kill_at_random_moments(command, out, 3, seed=3)
+    assert hits == 3 and resumed >= 2
     run_main(train_classifier, *flags, "--resume", "--out", out)
     ckpt = checkpoint.load_checkpoint(str(out / "classifier.pt"), "classifier")
     assert ckpt["epochs"] == 12 and ckpt["members"] == 2 and ckpt["test_accuracy"] > 50
