@@ -28,6 +28,12 @@ import torch
 class UserError(Exception):
     """A problem with the user's input: printed as one line by `run_cli`, never as a traceback."""
 
+    def __init__(self, message=""):
+        # raised in a DataLoader worker, it is re-raised here wrapped in the worker's traceback
+        if "Original Traceback" in str(message):
+            message = str(message).strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        super().__init__(message)
+
 
 def check_device(device):
     """Raise a UserError naming the fix when torch cannot use `device` (not deep inside torch)."""
@@ -73,10 +79,7 @@ def run_cli(main, args):
               "(--batch, --n_sample, --n_eval, ...)", file=sys.stderr)
         sys.exit(2)
     except UserError as err:
-        lines = str(err).strip().splitlines()
-        # raised in a DataLoader worker, it arrives wrapped in the worker's traceback: its last line
-        message = lines[-1].split("UserError: ", 1)[-1] if len(lines) > 1 else str(err)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:
         if main_thread:
