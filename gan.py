@@ -15,13 +15,21 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint, load_state_strict
-from method import fisher_diagonal
+from method import ewc_penalty, fisher_diagonal, normalise_fisher
 from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, positive_float, positive_int, probability,
                    atomic_write, set_rng_state)
 
 
-def add_gan_training_args(parser):
-    """The flags of the StyleGAN2 training recipe, with rosinality's defaults."""
+# the EWC defaults, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
+EWC_LAMBDA = 1.0
+EWC_DEFAULT_PARAMS = "synthesis"
+# the EMA ramp-up of the fine-tuning stages (Stage 1, Stage 2, baselines): see ema_decay
+FINE_TUNE_EMA_RAMPUP = 0.025
+
+
+def add_gan_training_args(parser, ema_rampup=0.0):
+    """The flags of the StyleGAN2 training recipe, with rosinality's defaults; the stages that
+    fine-tune for a few hundred steps pass an `ema_rampup` default (see ema_decay)."""
     parser.add_argument("--batch", type=positive_int, default=16, help="batch size (over all processes)")
     parser.add_argument("--lr", type=positive_float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
     parser.add_argument("--r1", type=nonnegative_float, default=10, help="R1 penalty weight gamma on real images")
@@ -30,8 +38,13 @@ def add_gan_training_args(parser):
     parser.add_argument("--path_batch_shrink", type=positive_int, default=2, help="batch divisor for the path-length pass")
     parser.add_argument("--g_reg_every", type=nonnegative_int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
     parser.add_argument("--mixing", type=probability, default=0.9, help="probability of style mixing (two latents)")
-    parser.add_argument("--ema_kimg", type=positive_float, default=10,
-                        help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000))")
+    parser.add_argument("--ema_kimg", type=positive_float, default=5,
+                        help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000)); "
+                             "5 at batch 16 is rosinality's 312.5 iterations (its 0.5 ** (32 / 10000) per step)")
+    parser.add_argument("--ema_rampup", type=nonnegative_float, default=ema_rampup,
+                        help="cap the EMA half-life at this fraction of the images seen so far (NVlabs' ema_rampup; "
+                             "0 = no cap). A short fine-tuning run needs it: with a fixed half-life the saved g_ema "
+                             "would still hold part of the model it started from")
     return parser
 
 
@@ -44,10 +57,16 @@ def make_optimizers(g, d, args, g_params=None):
     return adam(g_params, args.g_reg_every), adam(d.parameters(), args.d_reg_every)
 
 
-def ema_decay(args):
-    # per step, so that the half-life is ema_kimg thousand images at any batch size (rosinality's
-    # 32 in place of the batch is this formula at batch 32)
-    return 0.5 ** (args.batch / (args.ema_kimg * 1000))
+def ema_decay(args, done):
+    """The EMA decay of the step that makes `done` steps: a half-life of ema_kimg thousand images
+    at any batch size (rosinality's 32 in place of the batch is this formula at batch 32), capped
+    at ema_rampup · the images seen. With the cap, half-life ≤ ema_rampup · done steps, so the
+    averaged generator lags the trained one by about ema_rampup / ln 2 of the run: at 0.025 it
+    keeps ≤ 4% of the pull toward the starting model at the end of any run (method.ema_pull)."""
+    half_life = args.ema_kimg * 1000
+    if args.ema_rampup > 0:
+        half_life = min(half_life, args.ema_rampup * done * args.batch)
+    return 0.5 ** (args.batch / half_life)
 
 
 @torch.no_grad()
@@ -117,7 +136,6 @@ class GANStep:
         self.g_optim, self.d_optim = g_optim, d_optim
         self.g_extra_loss = g_extra_loss
         self.device = device
-        self.decay = ema_decay(args)
         # fine-tuning must start from the checkpoint's running path length: from 0 the path-length
         # penalty would pull G's Jacobian towards zero for hundreds of steps and blur the samples
         self.mean_path_length = torch.tensor(float(mean_path_length), device=device)
@@ -169,7 +187,7 @@ class GANStep:
             self._update(args.path_regularize * args.g_reg_every * path_loss, g, self.g_optim)
             losses["path"] = path_loss.detach()
 
-        accumulate(self.g_ema, g, self.decay)
+        accumulate(self.g_ema, g, ema_decay(args, step + 1))
         return losses
 
 
@@ -224,14 +242,16 @@ def random_batches(images_uint8, batch, device):
     return next_batch
 
 
-def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
-    """Fisher diagonal of all of `g`'s parameters at their current values: the mean squared
-    gradient of D's raw output on `n_samples` generated images (paper eq. 3; as the official
-    code, the raw logit stands for the log-likelihood). Returns a list aligned with g.parameters()."""
+def stylegan2_fisher(g, d, n_samples, device, mixing, names):
+    """Fisher diagonal of `g`'s parameters `names` at their current values: the mean squared
+    gradient of D's raw output on `n_samples` generated images, drawn with style mixing `mixing` as
+    in training (paper eq. 3; as the official code, the raw logit stands for the log-likelihood).
+    Returns a list aligned with `names`."""
     if n_samples < 4 or n_samples % 4:
         raise UserError(f"--fisher_samples {n_samples}: must be a positive multiple of 4 "
                         "(the discriminator's minibatch-stddev groups)")
-    params = list(g.parameters())
+    named = dict(g.named_parameters())
+    params = [named[name] for name in names]
     was_training = g.training
     g.requires_grad_(True)
     d.requires_grad_(False)
@@ -244,6 +264,53 @@ def stylegan2_fisher(g, d, n_samples, device, mixing=0.9):
     g.train(was_training)
     return fisher
 
+
+# which generator tensors the EWC penalty anchors (--ewc_params): name -> (help, layers -> kept?)
+EWC_PARAMS = {
+    "synthesis": ("the synthesis network: every styled convolution and ToRGB (weights, modulations, noise "
+                  "strengths, biases), not the mapping network or the constant input",
+                  lambda layer: not (layer.startswith("style.") or layer == "input")),
+    "all": ("every generator parameter, the mapping network and the constant input included", lambda layer: True),
+}
+
+
+def add_ewc_args(parser, prefix=""):
+    """--ewc_lambda, --ewc_params, --fisher_samples (Stage 1, and the ewc baseline of unlearn.py)."""
+    parser.add_argument("--ewc_lambda", type=nonnegative_float, default=EWC_LAMBDA,
+                        help=prefix + "λ of the EWC penalty λ·Σ F̂ (θ − θ_G)², with the Fisher F̂ divided by its mean "
+                             "over the anchored tensors, so that λ means the same at any width and size (0: plain "
+                             "fine-tuning). The paper's 5e8 on its raw Fisher F is our λ ≈ 2.5e8 · mean(F): the run "
+                             "prints mean(F)")
+    parser.add_argument("--ewc_params", choices=list(EWC_PARAMS), default=EWC_DEFAULT_PARAMS,
+                        help=prefix + "which tensors the penalty anchors: "
+                             + "; ".join(f"{name}: {text}" for name, (text, _) in EWC_PARAMS.items()))
+    parser.add_argument("--fisher_samples", type=positive_int, default=32,
+                        help=prefix + "generated samples for the Fisher diagonal (a multiple of 4)")
+
+
+class EWCPenalty:
+    """λ·Σ F̂ (θ − θ_G)² over the tensors --ewc_params of a generator whose current parameters are
+    θ_G; F̂ is the Fisher diagonal (stylegan2_fisher) divided by its mean. Call it on any
+    generator of the same architecture."""
+
+    def __init__(self, g, d, args, device):
+        keep = EWC_PARAMS[args.ewc_params][1]
+        self.names = [name for layer, names in g.layers() if keep(layer) for name in names]
+        fisher = stylegan2_fisher(g, d, args.fisher_samples, device, args.mixing, self.names)
+        try:
+            self.fisher, self.fisher_mean = normalise_fisher(fisher)
+        except ValueError as err:
+            raise UserError(f"--ewc_params {args.ewc_params}: {err}")
+        named = dict(g.named_parameters())
+        self.theta_g = [named[name].detach().clone() for name in self.names]
+        self.weight = args.ewc_lambda
+
+    def record(self):
+        return {"ewc_lambda": self.weight, "fisher_mean": self.fisher_mean, "ewc_params": len(self.names)}
+
+    def __call__(self, g):
+        named = dict(g.named_parameters())
+        return ewc_penalty([named[name] for name in self.names], self.theta_g, self.fisher, self.weight)
 
 
 def resume_run(path, nets, optimizers, gan_step, iters):

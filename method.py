@@ -64,6 +64,19 @@ def _check_aligned(params, anchors, what):
                      f"parameter has {tuple(params[index].shape)}")
 
 
+def normalise_fisher(fisher):
+    """F / mean(F) over every entry of the list: the EWC weight λ then means the same for any
+    width, image size and parameter count (a parameter of average Fisher costs λ·Δθ²). Returns
+    the normalised list and the mean it was divided by (the paper's λ is about 2λ / mean)."""
+    total = sum(float(f.double().sum()) for f in fisher)
+    count = sum(f.numel() for f in fisher)
+    if count == 0 or not total > 0:
+        raise ValueError("the Fisher diagonal is zero everywhere: the discriminator's output does not "
+                         "depend on these parameters")
+    mean = total / count
+    return [f / mean for f in fisher], mean
+
+
 def fisher_diagonal(params, per_sample_loglik):
     """Diagonal empirical Fisher: F = mean over samples of (∂ loglik_s / ∂θ)², element-wise.
 
@@ -94,7 +107,8 @@ def ewc_penalty(params, theta_g, fisher, weight):
     """EWC penalty of Stage 1 (paper eq. 3): weight · Σ_i F_i (θ_i − θ_G,i)².
 
     `theta_g` and `fisher` are lists of tensors aligned with `params` (detached, on their
-    device). The official code uses (weight / 2) · Σ F (θ − θ_G)²: its λ = 5e8 is our weight 2.5e8.
+    device); the StyleGAN2 stages pass a Fisher of mean 1 (`normalise_fisher`). The official code
+    uses (weight / 2) · Σ F (θ − θ_G)² with its raw Fisher: its λ is our weight · 2 / mean(F).
     Zero, with zero gradient, at θ = θ_G.
     """
     _check_aligned(params, theta_g, "ewc_penalty theta_g")
@@ -207,10 +221,32 @@ def l1_penalty(params, weight):
     return weight * torch.stack(torch._foreach_norm(params, 1)).sum()
 
 
-def last_k_names(names, k):
-    """The parameters CF-k and EU-k train: the last `k` of `names` (the parameter tensors in
-    registration order, as the official code counts them)."""
-    names = list(names)
-    if not 0 < k <= len(names):
-        raise ValueError(f"k must be between 1 and {len(names)}")
-    return names[-k:]
+def last_k_layers(layers, k):
+    """The parameters CF-k and EU-k train: those of the last `k` of `layers`, a list of
+    (layer name, [parameter names]) in forward order (the output end last), in that order."""
+    layers = list(layers)
+    if not 0 < k <= len(layers):
+        raise ValueError(f"k must be between 1 and {len(layers)} (the generator's layers)")
+    return [name for _, names in layers[-k:] for name in names]
+
+
+def squared_distance(params, anchors):
+    """‖θ − a‖² over aligned lists of tensors, in float64 (a number, not differentiable)."""
+    _check_aligned(params, anchors, "squared_distance")
+    return sum(float((p.detach().double() - a.detach().double().to(p.device)).square().sum())
+               for p, a in zip(params, anchors))
+
+
+def ema_pull(g_ema, g, theta_g):
+    """s = ⟨g_ema − g, θ_G − g⟩ / ‖θ_G − g‖²: how much of the way back from the trained g to θ_G
+    the averaged generator still sits (0: no pull, 1: all the way), on aligned lists of tensors.
+    Computed in float64; 0 when g = θ_G."""
+    _check_aligned(g, g_ema, "ema_pull g_ema")
+    _check_aligned(g, theta_g, "ema_pull theta_g")
+    inner = norm = 0.0
+    for e, p, t in zip(g_ema, g, theta_g):
+        p = p.detach().double()
+        back = t.detach().double().to(p.device) - p
+        inner += float((e.detach().double().to(p.device) - p).mul(back).sum())
+        norm += float(back.square().sum())
+    return inner / norm if norm > 0 else 0.0

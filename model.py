@@ -291,6 +291,17 @@ class Generator(nn.Module):
 
         self.n_latent = self.log_size * 2 - 2
 
+    def layers(self):
+        """The layers in forward order, as (layer name, [its parameter names]): the mapping
+        network's linears, the constant input, then per resolution its styled convolutions (each with
+        its modulation, noise strength and bias) and its ToRGB. CF-k and EU-k count from the end."""
+        modules = [(f"style.{i}", self.style[i]) for i in range(1, len(self.style))]
+        modules += [("input", self.input), ("conv1", self.conv1), ("to_rgb1", self.to_rgb1)]
+        for i, to_rgb in enumerate(self.to_rgbs):
+            modules += [(f"convs.{2 * i}", self.convs[2 * i]), (f"convs.{2 * i + 1}", self.convs[2 * i + 1]),
+                        (f"to_rgbs.{i}", to_rgb)]
+        return [(name, [f"{name}.{p}" for p, _ in module.named_parameters()]) for name, module in modules]
+
     def make_noise(self):
         device = self.input.input.device
         noises = [torch.randn(1, 1, 4, 4, device=device)]

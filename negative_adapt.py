@@ -16,8 +16,9 @@ OUT/feedback.png (negatives framed in red), OUT/adapted_{j}.pt for j = 0..k-1 (�
 g_ema), a sample grid per adapted model and OUT/args.json.
 """
 
-import math
+import argparse
 import glob
+import math
 import os
 import re
 
@@ -39,8 +40,8 @@ OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "chec
 CONTACT_SHEET_OUTPUTS = ["contact_sheet_*.png", "contact_sheet_args.json"]
 # the flags that make a run what it is: --resume refuses to change them
 RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "n_feedback", "feedback_seed", "n_models",
-             "iter", "ewc_lambda", "fisher_samples", "batch", "lr", "r1", "d_reg_every", "path_regularize",
-             "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "seed")
+             "iter", "ewc_lambda", "ewc_params", "fisher_samples", "batch", "lr", "r1", "d_reg_every",
+             "path_regularize", "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
 def read_marked(args, n):
@@ -126,11 +127,11 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
             "sources": {"ckpt": os.path.abspath(args.ckpt)}}
 
 
-def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_path_length, device, save):
+def adapt_one(j, args, pretrained, negatives, ewc, model_args, mean_path_length, device, save=None):
     """Stage 1 for adapted model j: from θ_G (g_ema) and D, train on the negatives with the
-    adversarial loss + EWC; `save(j, done, nets, optimizers, gan_step)` writes the model in
-    progress every --save_every steps, and with --resume its newest one is continued. Returns
-    its networks and running path length."""
+    adversarial loss + `ewc` (None: plain fine-tuning); `save(j, done, nets, optimizers, gan_step)`
+    writes the model in progress every --save_every steps, and with --resume its newest one is
+    continued. Returns its networks and running path length."""
     utils.seed_everything(args.seed + j)
     nets = checkpoint.build_stylegan2(model_args)
     nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
@@ -141,20 +142,18 @@ def adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args, mean_
     nets["g_ema"].eval()
     g_optim, d_optim = gan.make_optimizers(nets["g"], nets["d"], args)
 
-    def ewc(g):
-        return method.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
-
     gan_step = gan.GANStep(nets["g"], nets["d"], nets["g_ema"], args, g_optim, d_optim, g_extra_loss=ewc,
                              mean_path_length=mean_path_length, device=device)
     optimizers = {"g_optim": g_optim, "d_optim": d_optim}
     start, resume_from = 0, None
-    if args.resume:
+    if args.resume and save is not None:
         progress = sorted(glob.glob(os.path.join(args.out, "checkpoint", f"adapted_{j}_*.pt")))  # the newest only
         resume_from = progress[-1] if progress else None
         if resume_from is not None:
             start = gan.resume_run(resume_from, nets, optimizers, gan_step, args.iter)
     gan.run_gan_training(gan_step, gan.random_batches(negatives, args.batch, device), start, args.iter,
-                         args.log_every, desc=f"adapted {j}: ", save=lambda done: save(j, done, nets, optimizers, gan_step),
+                         args.log_every, desc=f"adapted {j}: ",
+                         save=None if save is None else lambda done: save(j, done, nets, optimizers, gan_step),
                          save_every=args.save_every, last_good=resume_from)
     return nets, float(gan_step.mean_path_length)
 
@@ -165,6 +164,20 @@ def negative_share(g, classifier, meta, index, n, seed, batch, device):
     for _, images in metrics.generate_images(g, n, seed, batch, device):
         count += int(metrics.negative_mask(metrics.classify(classifier, meta, images), meta, index).sum())
     return 100.0 * count / n
+
+
+def report_shift(args, pretrained, negatives, model_args, mean_path_length, theta_g, device):
+    """Print r = ‖θ_N(λ) − θ_G‖² / ‖θ_N(0) − θ_G‖² for adapted model 0 (its file against a λ = 0
+    shadow run of the same seed and iterations)."""
+    adapted, _ = checkpoint.load_stylegan2(os.path.join(args.out, "adapted_0.pt"), device=device)
+    shadow = argparse.Namespace(**vars(args))
+    shadow.resume = False
+    nets, _ = adapt_one(0, shadow, pretrained, negatives, None, model_args, mean_path_length, device)
+    shift = method.squared_distance(list(adapted["g_ema"].parameters()), theta_g)
+    free = method.squared_distance(list(nets["g_ema"].parameters()), theta_g)
+    print(f"shift of adapted model 0: r = ‖θ_N(λ) − θ_G‖² / ‖θ_N(0) − θ_G‖² = {shift:.4g} / {free:.4g} = "
+          f"{shift / free:.3f} (λ = {args.ewc_lambda:g})")
+
 
 
 def create_argparser():
@@ -182,10 +195,12 @@ def create_argparser():
     who.add_argument("--marked_file", default=None, help="text file with those indices (whitespace or comma separated)")
     parser.add_argument("--n_models", type=utils.positive_int, default=5, help="k, the number of adapted models (different seeds)")
     parser.add_argument("--iter", type=utils.positive_int, default=2000, help="Stage-1 iterations per adapted model (official MNIST run: 2000)")
-    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=5e8,
-                        help="λ of the EWC penalty λ·Σ F (θ − θ_G)² (paper: 5e8; the official code's (λ/2)·Σ with 5e8 is 2.5e8 here)")
-    parser.add_argument("--fisher_samples", type=utils.positive_int, default=32, help="generated samples for the Fisher diagonal (multiple of 4)")
-    gan.add_gan_training_args(parser)
+    gan.add_ewc_args(parser)
+    parser.add_argument("--report_shift", action="store_true",
+                        help="also train adapted model 0 again with λ = 0 (same seed and iterations; not saved) and "
+                             "print r = ‖θ_N(λ) − θ_G‖² / ‖θ_N(0) − θ_G‖²: how far the EWC penalty lets Stage 1 move "
+                             "(0: pinned at θ_G, 1: as far as plain fine-tuning)")
+    gan.add_gan_training_args(parser, ema_rampup=gan.FINE_TUNE_EMA_RAMPUP)
     parser.add_argument("--n_eval", type=utils.positive_int, default=500,
                         help="with --classifier: samples per adapted model whose negative share is printed")
     parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each adapted model's sample grid")
@@ -234,8 +249,11 @@ def main(args):
     utils.seed_everything(args.seed)
     g_for_fisher = pretrained["g"]
     g_for_fisher.load_state_dict(g_ema.state_dict())  # θ_G is the EMA generator
-    fisher = [f.to(device) for f in gan.stylegan2_fisher(g_for_fisher, pretrained["d"], args.fisher_samples, device)]
+    ewc = gan.EWCPenalty(g_for_fisher, pretrained["d"], args, device) if args.ewc_lambda > 0 else None
     theta_g = [p.detach().clone() for p in g_ema.parameters()]
+    if ewc is not None:
+        print(f"EWC: λ = {args.ewc_lambda:g} on {args.ewc_params} ({len(ewc.names)} tensors); mean raw Fisher "
+              f"{ewc.fisher_mean:.3g}, so the paper's λ ≈ {2 * args.ewc_lambda / ewc.fisher_mean:.3g}")
 
     feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
     # the inputs, the labels and the feedback's two classes are checked: only now is --out made
@@ -270,24 +288,31 @@ def main(args):
         if args.resume and os.path.isfile(path):
             print(f"kept {path} (finished)")
             continue
-        nets, mean_path_length = adapt_one(j, args, pretrained, negatives, fisher, theta_g, model_args,
+        nets, mean_path_length = adapt_one(j, args, pretrained, negatives, ewc, model_args,
                                            ckpt.get("mean_path_length", 0.0), device, save_progress)
+        pull = method.ema_pull(list(nets["g_ema"].parameters()), list(nets["g"].parameters()), theta_g)
+        share = None
+        if oracle is not None:
+            classifier, meta, index, name = oracle
+            share = negative_share(nets["g_ema"], classifier, meta, index, args.n_eval, args.seed + 1000,
+                                   args.batch_eval, device)
         record = {"stage": "negative_adapt", "model_index": j, "ewc_lambda": args.ewc_lambda,
+                  "ewc_params": args.ewc_params, "fisher_mean": ewc.fisher_mean if ewc else None,
                   "fisher_samples": args.fisher_samples, "iter": args.iter, "seed": args.seed + j,
+                  "ema_pull": pull, "negative_share": share, "n_eval": args.n_eval,
                   "n_negatives": len(negatives), "feedback": os.path.abspath(feedback_path)}
         checkpoint.save_generator(path, nets, model_args, args, args.iter, sources, method=record,
                                   mean_path_length=mean_path_length, generator_fingerprint=fingerprint)
         for done in progress_files(j):  # the finished model replaces its progress checkpoint
             os.remove(done)
         gan.save_samples(nets["g_ema"], sample_z.to(device), os.path.join(args.out, f"adapted_{j}.png"))
-        line = f"wrote {path}"
-        if oracle is not None:
-            classifier, meta, index, name = oracle
-            share = negative_share(nets["g_ema"], classifier, meta, index, args.n_eval, args.seed + 1000,
-                                   args.batch_eval, device)
-            line += f"; {share:.1f}% of {args.n_eval} samples are '{name}' (the pre-trained model: " \
+        line = f"wrote {path} (EMA pull toward θ_G: s = {pull:.3f})"
+        if share is not None:
+            line += f"; {share:.1f}% of {args.n_eval} samples are '{oracle[3]}' (the pre-trained model: " \
                     f"{100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
         print(line)
+    if args.report_shift:
+        report_shift(args, pretrained, negatives, model_args, ckpt.get("mean_path_length", 0.0), theta_g, device)
 
 
 if __name__ == "__main__":

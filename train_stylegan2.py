@@ -29,7 +29,7 @@ OUTPUTS = ["pretrained.pt", "retrained.pt", "checkpoint/*.pt", "sample/*.png", "
 # the flags that make a run what it is: --resume refuses to change them (--iter may grow)
 RUN_FLAGS = ("dataset", "data", "attributes", "exclude", "size", "style_dim", "n_mlp", "channel_multiplier",
              "channel_max", "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink", "g_reg_every",
-             "mixing", "ema_kimg", "seed")
+             "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
 def setup_distributed(device):

@@ -25,11 +25,15 @@ import gan
 import method
 import utils
 
+# μ per repulsion loss, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
+DEFAULT_MU = {"el2": 100.0, "nl2": 0.1, "il2": 10.0}
+DEFAULT_ALPHA = 1.0
+
 OUTPUTS = ["unlearned.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
 # the flags that make a run what it is: --resume refuses to change them (--iter may grow)
-RUN_FLAGS = ("ckpt", "feedback", "adapted", "method", "repulsion", "mu", "alpha", "ewc_lambda", "fisher_samples",
-             "last_k", "l1", "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink",
-             "g_reg_every", "mixing", "ema_kimg", "seed")
+RUN_FLAGS = ("ckpt", "feedback", "adapted", "method", "repulsion", "mu", "alpha", "ewc_lambda", "ewc_params",
+             "fisher_samples", "last_k", "l1", "batch", "lr", "r1", "d_reg_every", "path_regularize",
+             "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
 def load_adapted(paths, pretrained_ckpt, param_names, device):
@@ -44,9 +48,9 @@ def load_adapted(paths, pretrained_ckpt, param_names, device):
 
 
 def last_k(g, k):
-    """The names of the tensors CF-k and EU-k train (method.last_k_names), checked against --last_k."""
+    """The names of the tensors CF-k and EU-k train: those of g's last k layers (model.Generator.layers)."""
     try:
-        return method.last_k_names([name for name, _ in g.named_parameters()], k)
+        return method.last_k_layers(g.layers(), k)
     except ValueError as err:
         raise utils.UserError(f"--last_k {k}: {err}")
 
@@ -83,11 +87,8 @@ def setup_finetune(args, nets, theta_g, ckpt, device):
 
 
 def setup_ewc(args, nets, theta_g, ckpt, device):
-    fisher = [f.to(device) for f in gan.stylegan2_fisher(nets["g"], nets["d"], args.fisher_samples, device)]
-
-    def loss(g):
-        return method.ewc_penalty(list(g.parameters()), theta_g, fisher, args.ewc_lambda)
-    return loss, None, {"ewc_lambda": args.ewc_lambda, "fisher_samples": args.fisher_samples}
+    ewc = gan.EWCPenalty(nets["g"], nets["d"], args, device)
+    return ewc, None, {**ewc.record(), "ewc_params": args.ewc_params, "fisher_samples": args.fisher_samples}
 
 
 def setup_cf_k(args, nets, theta_g, ckpt, device):
@@ -98,7 +99,7 @@ def setup_cf_k(args, nets, theta_g, ckpt, device):
 def setup_eu_k(args, nets, theta_g, ckpt, device):
     names = last_k(nets["g"], args.last_k)
     reinitialise(nets["g"], set(names), ckpt["model_args"], args.seed + 1)
-    nets["g_ema"].load_state_dict(nets["g"].state_dict())
+    nets["g_ema"].load_state_dict(nets["g"].state_dict())  # the re-initialised layers, in g and g_ema alike
     return None, names, {"last_k": names}
 
 
@@ -118,8 +119,9 @@ METHODS = {
                                          "away from the adapted models θ_N (paper eq. 6)"),
     "finetune": Method(setup_finetune, "adversarial loss only (the paper's ablation, Table 5)"),
     "ewc": Method(setup_ewc, "+ the EWC penalty of Stage 1 around θ_G (EWC adaptation to the positives)"),
-    "cf_k": Method(setup_cf_k, "only the last --last_k parameter tensors train (catastrophic forgetting-k)"),
-    "eu_k": Method(setup_eu_k, "the same tensors are re-initialised, then trained (exact unlearning-k)"),
+    "cf_k": Method(setup_cf_k, "only the last --last_k layers train, the rest frozen at θ_G (catastrophic forgetting-k)"),
+    "eu_k": Method(setup_eu_k, "the same layers are re-initialised (in g and g_ema), then trained, the rest frozen "
+                               "(exact unlearning-k)"),
     "l1_sparse": Method(setup_l1_sparse, "+ --l1 · ‖θ‖₁ over all generator parameters (ℓ1-sparse fine-tuning)"),
 }
 
@@ -135,14 +137,20 @@ def create_argparser():
                         help="what to run: " + "; ".join(f"{name}: {m.help}" for name, m in METHODS.items()))
     parser.add_argument("--repulsion", choices=list(method.REPULSION_LOSSES), default="el2",
                         help="repulsion: the loss on d (il2 = μ/d, nl2 = −μ·d, el2 = μ·exp(−α·d))")
-    parser.add_argument("--mu", type=utils.nonnegative_float, default=1.0, help="repulsion: μ, the weight of the repulsion term")
-    parser.add_argument("--alpha", type=utils.positive_float, default=1.0, help="repulsion: α of el2 (on the relative distance d)")
-    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=5e8, help="ewc: λ of λ·Σ F (θ − θ_G)²")
-    parser.add_argument("--fisher_samples", type=utils.positive_int, default=32, help="ewc: generated samples for the Fisher diagonal")
-    parser.add_argument("--last_k", type=utils.positive_int, default=10, help="cf_k, eu_k: how many of the last parameter tensors train")
+    parser.add_argument("--mu", type=utils.nonnegative_float, default=None,
+                        help="repulsion: μ, the weight of the repulsion term (default per loss: "
+                             + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_MU.items()) + ")")
+    parser.add_argument("--alpha", type=utils.positive_float, default=DEFAULT_ALPHA,
+                        help="repulsion: α of el2 (on the relative distance d)")
+    gan.add_ewc_args(parser, prefix="ewc: ")
+    parser.add_argument("--last_k", type=utils.positive_int, default=10,
+                        help="cf_k, eu_k: how many layers train, counted from the output end in forward order (the "
+                             "paper's k = 10). A layer is a styled convolution with its modulation, noise strength "
+                             "and bias, a ToRGB, the constant input, or a mapping linear; at 32 px the last 10 are "
+                             "every synthesis layer but the first 4x4 convolution")
     parser.add_argument("--l1", type=utils.nonnegative_float, default=5e-5, help="l1_sparse: weight of Σ|θ| (official code: 5e-5)")
     parser.add_argument("--iter", type=utils.positive_int, default=1000, help="Stage-2 iterations (official MNIST runs: 1000)")
-    gan.add_gan_training_args(parser)
+    gan.add_gan_training_args(parser, ema_rampup=gan.FINE_TUNE_EMA_RAMPUP)
     parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each sample grid (fixed latents)")
     parser.add_argument("--sample_every", type=utils.nonnegative_int, default=100, help="save a sample grid every this many steps")
     parser.add_argument("--save_every", type=utils.nonnegative_int, default=500, help="save a checkpoint every this many steps")
@@ -153,6 +161,8 @@ def create_argparser():
 
 
 def main(args):
+    if args.mu is None:
+        args.mu = DEFAULT_MU[args.repulsion]
     device = args.device
     nets, ckpt = checkpoint.load_stylegan2(args.ckpt, device=device)
     model_args = ckpt["model_args"]
@@ -202,8 +212,10 @@ def main(args):
           f"{len(positives)} positives, {args.iter} iterations")
     gan.run_gan_training(gan_step, gan.random_batches(positives, args.batch, device), start, args.iter,
                          args.log_every, sample, args.sample_every, save, args.save_every, last_good=resume_from)
+    pull = method.ema_pull(list(g_ema.parameters()), list(g.parameters()), theta_g)
+    record["ema_pull"] = pull
     final = save(args.iter, os.path.join(args.out, "unlearned.pt"))
-    print(f"wrote {final}")
+    print(f"wrote {final} (EMA pull toward θ_G: s = {pull:.3f})")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,23 @@ def test_l1_penalty_and_last_k_names_by_hand():
     assert penalty.item() == pytest.approx(0.5 * (1 + 2 + 3))
     penalty.backward()
     assert params[0].grad.tolist() == [0.5, -0.5] and params[1].grad.tolist() == [0.5]
-    assert method.last_k_names(["a", "b", "c"], 2) == ["b", "c"]
+    layers = [("first", ["a", "b"]), ("middle", []), ("last", ["c", "d", "e"])]
+    assert method.last_k_layers(layers, 1) == ["c", "d", "e"]
+    assert method.last_k_layers(layers, 3) == ["a", "b", "c", "d", "e"]
     with pytest.raises(ValueError, match="between 1 and 3"):
-        method.last_k_names(["a", "b", "c"], 4)
+        method.last_k_layers(layers, 4)
+
+
+def test_normalised_fisher_squared_distance_and_ema_pull_by_hand():
+    fisher, mean = method.normalise_fisher([torch.tensor([1.0, 3.0]), torch.tensor([[8.0]])])
+    assert mean == pytest.approx(4.0) and [f.tolist() for f in fisher] == [[0.25, 0.75], [[2.0]]]
+    with pytest.raises(ValueError, match="zero everywhere"):
+        method.normalise_fisher([torch.zeros(3)])
+    theta_g, g = [torch.tensor([0.0, 0.0])], [torch.tensor([4.0, 2.0])]
+    assert method.squared_distance(g, theta_g) == pytest.approx(20.0)
+    # g_ema a quarter of the way back from g to θ_G along the line, plus a sideways part that
+    # the projection ignores: s = 0.25
+    sideways = torch.tensor([-1.0, 2.0])  # orthogonal to θ_G − g = (−4, −2)
+    g_ema = [g[0] + 0.25 * (theta_g[0] - g[0]) + sideways]
+    assert method.ema_pull(g_ema, g, theta_g) == pytest.approx(0.25)
+    assert method.ema_pull(g, g, theta_g) == 0 and method.ema_pull(theta_g, g, theta_g) == pytest.approx(1.0)

@@ -120,7 +120,7 @@ def test_unlearn_resumes_after_kill_9(tmp_path):
     run_main(unlearn, *stage2, "--iter", 60, "--resume", "--out", out)
     final = checkpoint.load_checkpoint(str(out / "unlearned.pt"))
     assert final["step"] == 60 and {"g_optim", "d_optim", "rng"} <= set(final)
-    assert "--mu 1.0 -> 3.0" in cli_error(unlearn, *stage2, "--iter", 61, "--mu", 3, "--resume", "--out", out)
+    assert f"--mu {unlearn.DEFAULT_MU['el2']} -> 3.0" in cli_error(unlearn, *stage2, "--iter", 61, "--mu", 3, "--resume", "--out", out)
 
 
 def test_ctrl_c_ends_in_one_line_with_status_130(tmp_path):

@@ -13,6 +13,7 @@ from torchvision.datasets import MNIST
 import checkpoint
 import dataset
 import gan
+import method
 import train_stylegan2
 import utils
 from conftest import cli_error, run_main
@@ -205,9 +206,46 @@ def test_same_seed_same_weights(tmp_path):
 
 @pytest.mark.parametrize("batch", [4, 16, 32])
 def test_ema_half_life_is_ema_kimg_thousand_images(batch):
-    args = argparse.Namespace(batch=batch, ema_kimg=0.5)
+    args = argparse.Namespace(batch=batch, ema_kimg=0.5, ema_rampup=0.0)
     steps = 500 / batch  # 500 images (a fixed 32 images a step would give 0.25 at batch 16)
-    assert gan.ema_decay(args) ** steps == pytest.approx(0.5, rel=1e-9)
+    assert gan.ema_decay(args, 1) ** steps == pytest.approx(0.5, rel=1e-9)
+    # the default is rosinality's 0.5 ** (32 / 10000) per step at the default batch of 16
+    defaults = gan.add_gan_training_args(argparse.ArgumentParser()).parse_args([])
+    assert defaults.batch == 16 and gan.ema_decay(defaults, 10 ** 6) == pytest.approx(0.5 ** (32 / 10000), rel=1e-12)
+    # with the ramp-up the half-life is ema_rampup of the images seen, until ema_kimg caps it
+    args.ema_rampup = 0.1
+    assert gan.ema_decay(args, 100) == pytest.approx(0.5 ** (1 / 10), rel=1e-12)  # 10 steps
+    assert gan.ema_decay(args, 10 ** 6) == pytest.approx(0.5 ** (batch / 500), rel=1e-12)
+
+
+@pytest.mark.parametrize("iters", [20, 200, 1000, 5000])
+@pytest.mark.parametrize("path", ["line", "random walk", "fast then slow"])
+def test_the_fine_tuning_ema_keeps_at_most_5_percent_of_the_pull(iters, path):
+    """s = ⟨g_ema − g, θ_G − g⟩ / ‖θ_G − g‖² at the end of a run, with the fine-tuning stages' EMA
+    default, for trajectories of g that move steadily, at random, or mostly at the start."""
+    args = argparse.Namespace(batch=16, ema_kimg=5, ema_rampup=gan.FINE_TUNE_EMA_RAMPUP)
+    rng = torch.Generator().manual_seed(iters)
+    steps = torch.randn(iters, 50, generator=rng, dtype=torch.float64)
+    if path == "line":
+        steps = torch.ones(iters, 50, dtype=torch.float64)
+    elif path == "fast then slow":
+        steps = steps + 1.0 / torch.arange(1, iters + 1, dtype=torch.float64)[:, None].sqrt() * 20
+    theta_g = torch.zeros(50, dtype=torch.float64)
+    g, g_ema = theta_g.clone(), theta_g.clone()
+    for done in range(1, iters + 1):
+        g = g + steps[done - 1]
+        g_ema = torch.lerp(g_ema, g, 1 - gan.ema_decay(args, done))
+    pull = method.ema_pull([g_ema], [g], [theta_g])
+    assert 0 <= pull <= 0.05, pull
+    # the pre-training default (no ramp-up) on the same 200-step line keeps most of the pull
+    if path == "line" and iters == 200:
+        args.ema_rampup = 0.0
+        g_ema = theta_g.clone()
+        g = theta_g.clone()
+        for done in range(1, iters + 1):
+            g = g + steps[done - 1]
+            g_ema = torch.lerp(g_ema, g, 1 - gan.ema_decay(args, done))
+        assert method.ema_pull([g_ema], [g], [theta_g]) > 0.5
 
 
 def test_16_bit_palette_and_corrupt_images(tmp_path):
@@ -263,3 +301,46 @@ def test_a_failed_mnist_download_leaves_the_data_folder_as_it_was(tmp_path, monk
     with pytest.raises(utils.UserError, match=r"could not be downloaded \(ConnectionError\)"):
         dataset.load_dataset("mnist", str(root), 32)
     assert os.listdir(root) == [] and len(downloads) == 1 and not os.path.exists(downloads[0])
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, d, factor):
+        super().__init__()
+        self.d, self.factor = d, factor
+
+    def forward(self, images):
+        return self.factor * self.d(images)
+
+
+def test_ewc_fisher_is_normalised_and_anchors_the_synthesis_network():
+    """F̂ = F / mean(F) over the anchored tensors: a discriminator whose output is 10x larger (raw
+    Fisher 100x) gives the same penalty; `synthesis` leaves out the mapping network and the
+    constant input; the penalty is λ·Σ F̂ (θ − θ_G)² by hand."""
+    model_args = dict(size=8, style_dim=8, n_mlp=2, channel_max=8)
+    nets = checkpoint.build_stylegan2(model_args)
+    args = argparse.Namespace(ewc_params="synthesis", fisher_samples=8, mixing=0.0, ewc_lambda=3.0)
+    penalties = []
+    for factor in (1.0, 10.0):
+        torch.manual_seed(0)
+        penalties.append(gan.EWCPenalty(nets["g"], Scaled(nets["d"], factor), args, "cpu"))
+    small, large = penalties
+    assert large.fisher_mean == pytest.approx(100 * small.fisher_mean, rel=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(small.fisher, large.fisher))
+    total = sum(float(f.sum()) for f in small.fisher)
+    assert total / sum(f.numel() for f in small.fisher) == pytest.approx(1.0, rel=1e-6)
+    assert small.names and not any(n.startswith("style.") or n.startswith("input.") for n in small.names)
+    assert set(small.names) == {n for n, _ in nets["g"].named_parameters()} - {
+        n for n, _ in nets["g"].named_parameters() if n.startswith(("style.", "input."))}
+
+    moved = checkpoint.build_stylegan2(model_args, ("g",))["g"]
+    moved.load_state_dict(nets["g"].state_dict())
+    assert float(small(moved).detach()) == 0
+    with torch.no_grad():
+        for name, p in moved.named_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    named = {n: p.detach() for n, p in moved.named_parameters()}
+    by_hand = 3.0 * sum(float((f * (named[n] - t).square()).sum()) for n, f, t in zip(small.names, small.fisher,
+                                                                                        small.theta_g))
+    assert float(small(moved).detach()) == pytest.approx(by_hand, rel=1e-5)
+    args.ewc_params = "all"
+    assert len(gan.EWCPenalty(nets["g"], nets["d"], args, "cpu").names) == len(list(nets["g"].parameters()))
