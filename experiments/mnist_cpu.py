@@ -470,6 +470,8 @@ def create_argparser():
 def main(args):
     if args.grid and len(args.digits) != 1:
         raise utils.UserError("--grid runs on one digit: give one --digits value")
+    # the stages run from the repository's root: paths are made absolute first
+    args.data, args.out = os.path.abspath(args.data), os.path.abspath(args.out)
     check_settings(args)
     runner = Runner(args)
     runner.flag_errors = 0

@@ -40,7 +40,8 @@ def files(tmp_path_factory):
 
 
 WORDS = {"missing": "no such file", "a folder": "is a folder", "empty": "not a readable PyTorch checkpoint",
-         "truncated": "not a readable PyTorch checkpoint", "not a checkpoint": "not a readable PyTorch checkpoint"}
+         "truncated": "not a readable PyTorch checkpoint", "not a checkpoint": "not a readable PyTorch checkpoint",
+         "unreadable": "permission denied"}
 
 
 def slots(f):
@@ -71,13 +72,26 @@ def other_kind(f, kind):
     return {"stylegan2": f["clf"], "classifier": f["gan"], "feedback": f["gan"]}[kind]
 
 
+def unreadable(f, kind, tmp_path, monkeypatch):
+    """A copy of the right checkpoint with no read permission. The tests may run as root, which
+    reads it anyway: os.access is made to answer from the mode bits, as it does for other users."""
+    path = tmp_path / f"unreadable_{kind}.pt"
+    path.write_bytes(open({"stylegan2": f["gan"], "classifier": f["clf"], "feedback": f["feedback"]}[kind], "rb").read())
+    path.chmod(0)
+    monkeypatch.setattr(os, "access", lambda p, mode: bool(os.stat(p).st_mode & 0o444))
+    return str(path)
+
+
 CASES = [(i, problem) for i in range(14) for problem in [*WORDS, "another kind"]]
 
 
 @pytest.mark.parametrize("slot, problem", CASES, ids=[f"slot{i}-{p.replace(' ', '_')}" for i, p in CASES])
-def test_a_bad_file_in_any_path_flag(files, slot, problem, tmp_path):
+def test_a_bad_file_in_any_path_flag(files, slot, problem, tmp_path, monkeypatch):
     script, args, kind = slots(files)[slot]
-    path = other_kind(files, kind) if problem == "another kind" else files["bad"][problem]
+    if problem == "unreadable":
+        path = unreadable(files, kind, tmp_path, monkeypatch)
+    else:
+        path = other_kind(files, kind) if problem == "another kind" else files["bad"][problem]
     out = tmp_path / "out"
     line = cli_error(script, *[path if a == "{}" else a for a in args], "--out", out)
     words = f"but a {kind} checkpoint is expected" if problem == "another kind" else WORDS[problem]
