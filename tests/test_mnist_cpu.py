@@ -149,3 +149,9 @@ def test_a_failed_stage_stops_the_run_with_its_log(tmp_path, fake_stages):
     fake_stages["ran"].clear()
     run(["--digits", 8, "--out", out])
     assert fake_stages["ran"][0] == "stage1 adapt"
+
+
+def test_every_flag_is_explained():
+    for action in mnist_cpu.create_argparser()._actions:
+        if action.option_strings != ["-h", "--help"]:
+            assert action.help and len(action.help.split()) >= 2, action.option_strings
