@@ -123,7 +123,8 @@ def collect_feedback(args, g, centers, negative_modes):
 def adapt(args, g, d, negatives):
     """Stage 1: k copies of (G, D) trained on the negatives with the EWC penalty of eq. 3."""
     fake_pred = d(g(torch.randn(1, args.fisher_samples, args.z_dim)))  # D's raw output, [1, N, 1]
-    fisher = method.fisher_diagonal(list(g.parameters()), fake_pred.reshape(-1))
+    fisher, fisher_mean = method.normalise_fisher(method.fisher_diagonal(list(g.parameters()), fake_pred.reshape(-1)))
+    print(f"EWC: λ = {args.ewc_lambda:g} on the Fisher over its mean ({fisher_mean:.4g})")
     # EWC anchors with the copy axis of the k adapted generators
     theta_g = [p.detach().expand(args.n_models, *p.shape[1:]).contiguous() for p in g.parameters()]
     fisher = [f.expand(args.n_models, *f.shape[1:]).contiguous() for f in fisher]
@@ -223,7 +224,8 @@ def create_argparser():
     parser.add_argument("--adapt_iter", type=utils.positive_int, default=300, help="Stage-1 iterations")
     parser.add_argument("--unlearn_iter", type=utils.positive_int, default=1000, help="Stage-2 iterations")
     parser.add_argument("--fisher_samples", type=utils.positive_int, default=256, help="generated samples for the Fisher")
-    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=1e3, help="λ of the EWC penalty (Stage 1)")
+    parser.add_argument("--ewc_lambda", type=utils.nonnegative_float, default=100,
+                        help="λ of the EWC penalty λ·Σ F̂ (θ − θ_G)² (Stage 1), the Fisher F̂ over its mean as in negative_adapt.py")
     parser.add_argument("--repulsion", nargs="+", default=["el2"], choices=list(DEFAULT_MU) + ["all"],
                         help="repulsion losses on d (relative: 1 at θ_G): el2 = μ·exp(−α·d), nl2 = −μ·d, il2 = μ/d")
     parser.add_argument("--mu", type=utils.nonnegative_float, default=None,

@@ -379,9 +379,10 @@ def grid(args, runner, digit):
             write_lines(os.path.join(root, "grid.md"), lines)
     if args.grid == "stage1":
         return
-    # 2. Stage 1 at the chosen λ with every model, then a μ grid per loss (seed 0), validated
-    adapt = os.path.join(root, "adapt")
-    runner.run([stage1(args, p, adapt, args.n_models, ["--ewc_lambda", chosen["lambda"],
+    # 2. Stage 1 at the chosen λ with every model, then a μ grid per loss (seed 0), validated. It is
+    # the run at the defaults once they are the chosen values, so it goes where that one goes
+    adapt = os.path.join(p.d, "adapt")
+    runner.run([stage1(args, p, adapt, args.n_models, ["--report_shift", "--ewc_lambda", chosen["lambda"],
                                                        "--ewc_params", chosen["params"]])], times=times)
     runs = {(loss, mu): os.path.join(root, f"{loss}_mu{mu}") for loss in LOSSES for mu in MU_GRID[loss]}
 
