@@ -132,11 +132,15 @@ def run_command(stage):
 
 
 def log_tail(path, n=3):
+    """The last n lines of a log worth showing: its error lines if it has any, else its last
+    lines, without progress bars."""
     try:
         text = open(path, errors="replace").read().replace("\r", "\n")
     except OSError:
-        return ""
-    return "\n".join(line for line in text.splitlines() if line.strip())[-2000:].splitlines()[-n:]
+        return []
+    lines = [line for line in text.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines)[-n:]
 
 
 class Runner:

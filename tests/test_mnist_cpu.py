@@ -155,3 +155,38 @@ def test_every_flag_is_explained():
     for action in mnist_cpu.create_argparser()._actions:
         if action.option_strings != ["-h", "--help"]:
             assert action.help and len(action.help.split()) >= 2, action.option_strings
+
+
+def test_the_grid_chooses_by_its_rules_and_writes_grid_md(tmp_path, fake_stages, monkeypatch):
+    """--grid with made-up scores: λ 0.1 on `all` is the smallest shift with ≥ 90% negatives; per
+    loss the highest validation PUL within 1.5× the pre-trained FID (40); EL2's α likewise."""
+    shares = {"0": 99.0, "0.01": 98.0, "0.03": 96.0, "0.1": 93.0, "0.3": 80.0, "1": 60.0}
+    monkeypatch.setattr(mnist_cpu, "read_method", lambda path: {
+        "negative_share": shares[path.split("lambda")[1].split(os.sep)[0]] - ("synthesis" in path)
+        if "lambda" in path else 91.0, "ema_pull": 0.02, "fisher_mean": 1e-4})
+    monkeypatch.setattr(mnist_cpu, "shift", lambda path, free, pretrained: float(
+        [1.0, 0.8, 0.6, 0.4, 0.2, 0.1][list(shares).index(path.split("lambda")[1].split(os.sep)[0])]))
+    scores = {"el2_mu10": (80, 41), "el2_mu30": (90, 59), "el2_mu100": (95, 61), "nl2_mu0.01": (70, 65),
+              "nl2_mu0.03": (75, 66), "nl2_mu0.1": (80, 70), "nl2_mu0.3": (85, 75), "nl2_mu1": (90, 80), "el2_mu30_alpha0.3": (85, 50), "el2_mu30_alpha3": (93, 58)}
+    original = mnist_cpu.run_command
+
+    def run_command(stage):
+        code = original(stage)
+        if stage.script == "evaluate.py":
+            name = os.path.basename(os.path.dirname(stage.done))
+            pul, fid = scores.get(name, (50, 45))
+            json.dump({"checkpoints": [{"pul": pul, "fid": fid}], "reference": {"fid": 40.0}}, open(stage.done, "w"))
+        return code
+
+    monkeypatch.setattr(mnist_cpu, "run_command", run_command)
+    out = tmp_path / "out"
+    printed = run(["--digits", 4, "--grid", "--out", out])
+    grid = (out / "digit4" / "grid" / "grid.md").read_text()
+    assert "| 0.1 (chosen) | all | 93.0 | 0.400 | 0.020 | 0.0001 |" in grid
+    assert "| 30 (chosen) | 90.0 | 59.00 | 1.48× | 0.020 |" in grid  # 100 is over the limit
+    assert "| 0.01 (chosen) | 70.0 | 65.00 |" in grid  # none within: the lowest FID
+    assert "| 3 (chosen) | 93.0 | 58.00 | 1.45× |" in grid
+    assert "Chosen: λ = 0.1 on all, μ = el2 30, nl2 0.01, il2 3, EL2 α = 3." in printed
+    # Stage 1 at the chosen λ is the digit's Stage 1 (where the run at the defaults finds it)
+    stage1 = [name for name in fake_stages["ran"] if name == "stage1 adapt"]
+    assert stage1 == ["stage1 adapt"] and (out / "digit4" / "adapt" / "adapted_4.pt").exists()
