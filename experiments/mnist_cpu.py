@@ -295,7 +295,8 @@ def digit_at_defaults(args, runner, digit):
     methods = {loss: ["--method", "repulsion", "--repulsion", loss] for loss in LOSSES}
     methods.update({name: ["--method", name] for name in BASELINES})
     runner.run([stage2(args, p, adapt, os.path.join(p.d, name, f"s{seed}"), flags, seed)
-                for name, flags in methods.items() for seed in args.seeds], times=p.times)
+                for name, flags in methods.items() for seed in args.seeds], jobs=args.train_jobs, times=p.times,
+               group="Stage 2")
     adapted = [os.path.join(adapt, f"adapted_{j}.pt") for j in range(args.n_models)]
     extrapolated = os.path.join(p.d, "extrapolate")
     runner.run([Stage("extrapolate", "extrapolate.py",
@@ -363,7 +364,7 @@ def grid(args, runner, digit):
                  for params in EWC_PARAMS for lam in LAMBDA_GRID})
     runner.run([stage1(args, p, out, 1, ["--ewc_lambda", lam] + (["--ewc_params", params] if params != "-" else [])
                        + ["--n_eval", 1000])
-                for (lam, params), out in runs.items()], times=times)
+                for (lam, params), out in runs.items()], jobs=args.train_jobs, times=times, group="Stage 1 grid")
     chosen = {"lambda": "1", "params": "synthesis", "mu": {}, "alpha": "1"}  # what --dry_run shows
     if not args.dry_run:
         rows = []
@@ -398,7 +399,8 @@ def grid(args, runner, digit):
         return score(args, p, [os.path.join(out, "unlearned.pt")], os.path.join(root, "validation",
                      os.path.basename(out)), 2, os.path.basename(out), retrained=False)
 
-    runner.run([stage2(args, p, adapt, out, repulsion(loss, mu), 0) for (loss, mu), out in runs.items()], times=times)
+    runner.run([stage2(args, p, adapt, out, repulsion(loss, mu), 0) for (loss, mu), out in runs.items()],
+               jobs=args.train_jobs, times=times, group="μ grid")
     runner.run([validate(out) for out in runs.values()], jobs=args.jobs, times=times, group="validation")
     if not args.dry_run:
         lines += ["", "## Stage 2: μ per loss (seed 0)", "",
@@ -420,7 +422,8 @@ def grid(args, runner, digit):
     # 3. EL2's α at its chosen μ
     mu = chosen["mu"].get("el2", MU_GRID["el2"][2])
     runs = {alpha: os.path.join(root, f"el2_mu{mu}_alpha{alpha}") for alpha in ALPHA_GRID}
-    runner.run([stage2(args, p, adapt, out, repulsion("el2", mu, alpha), 0) for alpha, out in runs.items()], times=times)
+    runner.run([stage2(args, p, adapt, out, repulsion("el2", mu, alpha), 0) for alpha, out in runs.items()],
+               jobs=args.train_jobs, times=times, group="α grid")
     runner.run([validate(out) for out in runs.values()], jobs=args.jobs, times=times, group="validation α")
     if args.dry_run:
         return
@@ -469,6 +472,9 @@ def create_argparser():
     threads.add_argument("--threads", type=utils.positive_int, default=2, help="threads of every other training stage")
     threads.add_argument("--jobs", type=utils.positive_int, default=2, help="scoring calls at once, with "
                          "threads / jobs threads each (scores do not depend on it)")
+    threads.add_argument("--train_jobs", type=utils.positive_int, default=1, help="Stage-1 and Stage-2 runs at once "
+                         "(with --threads 1 on 2 cores, 2 runs at once keep both busy; a run's result does not "
+                         "depend on it)")
     return parser
 
 
