@@ -27,9 +27,10 @@ EWC_DEFAULT_PARAMS = "synthesis"
 FINE_TUNE_EMA_RAMPUP = 0.025
 
 
-def add_gan_training_args(parser, ema_rampup=0.0):
+def add_gan_training_args(parser, ema_rampup=0.0, mixing=0.9, mixing_help=""):
     """The flags of the StyleGAN2 training recipe, with rosinality's defaults; the stages that
-    fine-tune for a few hundred steps pass an `ema_rampup` default (see ema_decay)."""
+    fine-tune for a few hundred steps pass an `ema_rampup` default (see ema_decay), Stage 2 its
+    `mixing` default."""
     parser.add_argument("--batch", type=positive_int, default=16, help="batch size (over all processes)")
     parser.add_argument("--lr", type=positive_float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
     parser.add_argument("--r1", type=nonnegative_float, default=10, help="R1 penalty weight gamma on real images")
@@ -37,7 +38,8 @@ def add_gan_training_args(parser, ema_rampup=0.0):
     parser.add_argument("--path_regularize", type=nonnegative_float, default=2, help="path-length regularisation weight")
     parser.add_argument("--path_batch_shrink", type=positive_int, default=2, help="batch divisor for the path-length pass")
     parser.add_argument("--g_reg_every", type=nonnegative_int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
-    parser.add_argument("--mixing", type=probability, default=0.9, help="probability of style mixing (two latents)")
+    parser.add_argument("--mixing", type=probability, default=mixing,
+                        help="probability of style mixing (two latents)" + mixing_help)
     parser.add_argument("--ema_kimg", type=positive_float, default=5,
                         help="EMA half-life in thousands of images: decay per step = 0.5 ** (batch / (ema_kimg * 1000)); "
                              "5 at batch 16 is rosinality's 312.5 iterations (its 0.5 ** (32 / 10000) per step)")
