@@ -21,7 +21,7 @@ from utils import (UserError, from_uint8, nonnegative_float, nonnegative_int, po
 
 
 # the EWC defaults, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
-EWC_LAMBDA = 1.0
+EWC_LAMBDA = 0.01
 EWC_DEFAULT_PARAMS = "synthesis"
 # the EMA ramp-up of the fine-tuning stages (Stage 1, Stage 2, baselines): see ema_decay
 FINE_TUNE_EMA_RAMPUP = 0.025

@@ -26,7 +26,7 @@ import method
 import utils
 
 # μ per repulsion loss, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
-DEFAULT_MU = {"el2": 100.0, "nl2": 0.1, "il2": 10.0}
+DEFAULT_MU = {"el2": 30.0, "nl2": 0.03, "il2": 10.0}
 DEFAULT_ALPHA = 1.0
 
 OUTPUTS = ["unlearned.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
