@@ -469,10 +469,10 @@ def create_argparser():
     threads = parser.add_argument_group("threads (part of the result: another count sums in another order)")
     threads.add_argument("--gan_threads", type=utils.positive_int, default=1, help="threads of each GAN (two train "
                          "side by side)")
-    threads.add_argument("--threads", type=utils.positive_int, default=2, help="threads of every other training stage")
+    threads.add_argument("--threads", type=utils.positive_int, default=1, help="threads of every other training stage")
     threads.add_argument("--jobs", type=utils.positive_int, default=2, help="scoring calls at once, with "
                          "threads / jobs threads each (scores do not depend on it)")
-    threads.add_argument("--train_jobs", type=utils.positive_int, default=1, help="Stage-1 and Stage-2 runs at once "
+    threads.add_argument("--train_jobs", type=utils.positive_int, default=2, help="Stage-1 and Stage-2 runs at once "
                          "(with --threads 1 on 2 cores, 2 runs at once keep both busy; a run's result does not "
                          "depend on it)")
     return parser
