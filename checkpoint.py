@@ -373,9 +373,10 @@ def convert(args):
     if not args.input.endswith(".pkl"):
         raise UserError(f"{args.input}: convert reads NVlabs .pkl files (ours and rosinality's .pt load as they are)")
     nets, ckpt = load_stylegan2(args.input)
-    out = os.path.abspath(args.output)
-    if not os.path.isdir(os.path.dirname(out)):
-        raise UserError(f"{args.output}: no such folder {os.path.dirname(out)}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output) or (os.path.exists(folder) and not os.path.isdir(folder)):
+        raise UserError(f"{args.output}: is a folder, or inside a file; give the .pt file to write")
+    os.makedirs(folder, exist_ok=True)  # like every --out
     save_generator(args.output, nets, ckpt["model_args"], vars(args), 0, {"nvlabs_pkl": os.path.abspath(args.input)},
                    latent_avg=ckpt["latent_avg"], nvlabs=ckpt["nvlabs"])
     print(f"wrote {args.output} ({describe_model_args(ckpt['model_args'])})")

@@ -153,7 +153,7 @@ def test_tensorflow_pickles_name_the_conversion(tmp_path):
 
 
 def test_convert_writes_a_checkpoint_of_ours(snapshot, tmp_path):
-    out = tmp_path / "pretrained.pt"
+    out = tmp_path / "runs" / "ffhq" / "pretrained.pt"  # its folder is made, as the README's command needs
     done = subprocess.run([sys.executable, "checkpoint.py", "convert", snapshot["path"], str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
