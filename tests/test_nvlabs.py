@@ -162,6 +162,7 @@ def test_convert_writes_a_checkpoint_of_ours(snapshot, tmp_path):
     loaded, _ = checkpoint.load_stylegan2(str(out))
     assert all(torch.equal(v, snapshot["nets"]["g_ema"].state_dict()[k]) for k, v in loaded["g_ema"].state_dict().items())
     assert "convert reads NVlabs .pkl" in cli_error(checkpoint, "convert", str(out), str(tmp_path / "x.pt"))
+    assert "is a folder" in cli_error(checkpoint, "convert", snapshot["path"], str(tmp_path))
 
 
 def test_generate_and_fine_tuning_read_a_snapshot(snapshot, tmp_path):
