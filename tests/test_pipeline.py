@@ -160,7 +160,7 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain, adapted):
             assert all(torch.equal(g[k], theta_g[k]) for k in theta_g if k not in last_3)
         else:
             assert changed
-        # the saved g_ema keeps at most 5% of the pull toward θ_G (issue: EMA ramp-up); from the files
+        # the saved g_ema keeps at most 5% of the pull toward θ_G (the EMA ramp-up); from the files
         pull = method.ema_pull(list(nets["g_ema"].parameters()), list(nets["g"].parameters()),
                                list(pretrained.parameters()))
         assert -0.05 <= pull <= 0.05 and pull == pytest.approx(ckpt["method"]["ema_pull"]), name
