@@ -20,21 +20,17 @@ on validation latents (seed 2; the evaluation uses seed 1, the feedback seed 0) 
 by the rules of choose_lambda and choose_mu.
 """
 
-import concurrent.futures
-import importlib
 import json
 import os
-import shlex
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import checkpoint  # noqa: E402  (the repository's modules, for --dry_run and the grid's shifts)
+import checkpoint  # noqa: E402  (the repository's modules, for the grid's shifts)
 import method  # noqa: E402
 import utils  # noqa: E402
+from stages import Runner, Stage, check_settings, log_tail, write_lines  # noqa: E402
 
 # the CPU-scale configuration (docs/mnist_cpu.md): a 32 px GAN of latent 128 with channels capped,
 # trained 7,000 iterations with an EMA half-life of 2 kimg
@@ -97,123 +93,10 @@ def results_table(digit, evaluations):
     return lines
 
 
-class Stage:
-    """One command: `script` with `argv`, complete when the file `done` exists."""
-
-    def __init__(self, name, script, argv, done, threads, log):
-        self.name, self.script, self.argv, self.done, self.threads, self.log = name, script, argv, done, threads, log
-
-    def command(self):
-        return [sys.executable, os.path.join(ROOT, self.script), *map(str, self.argv)]
-
-    def shell(self):
-        return f"OMP_NUM_THREADS={self.threads} " + shlex.join(
-            ["python", self.script, *map(str, self.argv)])
-
-
-def check_flags(stage):
-    """The error line of the stage's script parsing its flags, or None."""
-    parser = importlib.import_module(stage.script[:-3]).create_argparser()
-    errors = []
-    parser.error = lambda message: (errors.append(message), sys.exit(2))
-    try:
-        parser.parse_args([str(a) for a in stage.argv])
-    except SystemExit:
-        return errors[-1] if errors else "--help"
-    return None
-
-
-def run_command(stage):
-    """Run the stage's command with its output in its log; returns the exit code."""
-    os.makedirs(os.path.dirname(stage.log), exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(stage.threads), PYTHONUNBUFFERED="1")
-    with open(stage.log, "w") as log:
-        return subprocess.call(stage.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-
-def log_tail(path, n=3):
-    """The last n lines of a log worth showing: its error lines if it has any, else its last
-    lines, without progress bars."""
-    try:
-        text = open(path, errors="replace").read().replace("\r", "\n")
-    except OSError:
-        return []
-    lines = [line for line in text.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines)[-n:]
-
-
-class Runner:
-    """Runs groups of stages, `jobs` at a time, skipping the complete ones and recording wall times."""
-
-    def __init__(self, args):
-        self.args = args
-
-    def record(self, times, name, seconds):
-        print(f"[done] {name}: {seconds:.0f} s", flush=True)
-        if times is not None:
-            new = not os.path.exists(times)
-            with open(times, "a") as f:
-                f.write(("stage\tseconds\n" if new else "") + f"{name}\t{seconds:.0f}\n")
-
-    def run(self, stages, jobs=1, times=None, group=None):
-        todo = []
-        for stage in stages:
-            if self.args.dry_run:
-                error = check_flags(stage)
-                print(("[FLAG] " + error + "\n       " if error else "") + stage.shell())
-                self.flag_errors += bool(error)
-            elif os.path.exists(stage.done):
-                print(f"[skip] {stage.name} ({stage.done} exists)")
-            else:
-                todo.append(stage)
-        if not todo:
-            return
-        start = time.time()
-
-        def one(stage):
-            print(f"[run ] {stage.name}", flush=True)
-            began = time.time()
-            code = run_command(stage)
-            if code == 0 and not os.path.exists(stage.done):
-                code = "no output"
-            if code == 0:
-                self.record(times, stage.name, time.time() - began)
-            return stage, code
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(one, todo))
-        failed = [(stage, code) for stage, code in results if code != 0]
-        for stage, code in failed:
-            print(f"[fail] {stage.name} ({code}): see {stage.log}")
-            for line in log_tail(stage.log):
-                print("       " + line)
-        if failed:
-            raise utils.UserError(f"{len(failed)} stage(s) failed; fix the cause and run the same command again "
-                                  "(finished stages are kept)")
-        if group is not None and len(todo) > 1:
-            self.record(times, f"{group}, wall ({jobs} at once)", time.time() - start)
-
-
 def settings_of(args):
     keys = ("gan_iter", "stage1_iter", "stage2_iter", "n_feedback", "members", "n_models", "n_eval", "n_fid",
             "channel_max", "threads", "gan_threads")
     return {key: getattr(args, key) for key in keys}
-
-
-def check_settings(args):
-    """Refuse an OUT made with another configuration (its stages would be skipped, and mixed in)."""
-    path = os.path.join(args.out, "settings.json")
-    settings = settings_of(args)
-    if os.path.exists(path):
-        old = json.load(open(path))
-        changed = [f"--{k} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v]
-        if changed:
-            raise utils.UserError(f"{args.out} was made with other settings ({'; '.join(changed)}): use the same "
-                                  "ones or another --out")
-    elif not args.dry_run:
-        os.makedirs(args.out, exist_ok=True)
-        utils.atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1).encode()))
 
 
 class Paths:
@@ -318,11 +201,6 @@ def digit_at_defaults(args, runner, digit):
                    for label, folder, _ in rows]
     lines = results_table(digit, evaluations) + [""] + stage_summary(args, p, adapt)
     write_lines(os.path.join(p.d, "results.md"), lines)
-
-
-def write_lines(path, lines):
-    utils.atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    print("\n".join(lines))
 
 
 def stage_summary(args, p, adapt):
@@ -483,9 +361,8 @@ def main(args):
         raise utils.UserError("--grid runs on one digit: give one --digits value")
     # the stages run from the repository's root: paths are made absolute first
     args.data, args.out = os.path.abspath(args.data), os.path.abspath(args.out)
-    check_settings(args)
-    runner = Runner(args)
-    runner.flag_errors = 0
+    check_settings(args.out, settings_of(args), args.dry_run)
+    runner = Runner(args.dry_run)
     digits = list(args.digits)
     # the GANs first, two at a time with one thread each, then the LeNets
     runner.run(gan_stages(args, digits), jobs=2, times=os.path.join(args.out, "times.tsv"), group="GANs")

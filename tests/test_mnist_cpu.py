@@ -1,4 +1,4 @@
-"""experiments/mnist_cpu.py: its choices, its table, its dry run, and its stage runner (with a
+"""experiments/mnist_cpu.py and stages.py: its choices, its table, its dry run, and its stage runner (with a
 stand-in for the subprocess that writes each stage's output)."""
 
 import io
@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import mnist_cpu  # noqa: E402
+import stages  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -111,7 +112,7 @@ def fake_stages(monkeypatch):
             f.write(json.dumps(metrics(0)) if stage.done.endswith(".json") else "")
         return 0
 
-    monkeypatch.setattr(mnist_cpu, "run_command", run_command)
+    monkeypatch.setattr(stages, "run_command", run_command)
     monkeypatch.setattr(mnist_cpu, "read_method", lambda path: {
         "negative_share": 91.0, "ema_pull": 0.01, "ewc_lambda": 1.0, "ewc_params": "synthesis", "n_eval": 500})
     return state
@@ -168,7 +169,7 @@ def test_the_grid_chooses_by_its_rules_and_writes_grid_md(tmp_path, fake_stages,
         [1.0, 0.8, 0.6, 0.4, 0.2, 0.1][list(shares).index(path.split("lambda")[1].split(os.sep)[0])]))
     scores = {"el2_mu10": (80, 41), "el2_mu30": (90, 59), "el2_mu100": (95, 61), "nl2_mu0.01": (70, 65),
               "nl2_mu0.03": (75, 66), "nl2_mu0.1": (80, 70), "nl2_mu0.3": (85, 75), "nl2_mu1": (90, 80), "el2_mu30_alpha0.3": (85, 50), "el2_mu30_alpha3": (93, 58)}
-    original = mnist_cpu.run_command
+    original = stages.run_command
 
     def run_command(stage):
         code = original(stage)
@@ -178,7 +179,7 @@ def test_the_grid_chooses_by_its_rules_and_writes_grid_md(tmp_path, fake_stages,
             json.dump({"checkpoints": [{"pul": pul, "fid": fid}], "reference": {"fid": 40.0}}, open(stage.done, "w"))
         return code
 
-    monkeypatch.setattr(mnist_cpu, "run_command", run_command)
+    monkeypatch.setattr(stages, "run_command", run_command)
     out = tmp_path / "out"
     printed = run(["--digits", 4, "--grid", "--out", out])
     grid = (out / "digit4" / "grid" / "grid.md").read_text()
