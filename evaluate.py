@@ -14,6 +14,10 @@ Protocol (paper §5.3 and appendix E): every generator (its g_ema) draws the sam
   real data without the negative class/feature; --features classifier uses the classifier's
   penultimate features instead (labelled "classifier-feature FID": no download, not comparable).
 - Ret-FID: the same distance to the samples of --retrained (trained without the negatives).
+- KID (unbiased MMD², cubic kernel, mean over random subsets) and improved precision/recall
+  (k-NN balls) between the same --n_fid samples' features and up to 10,000 real images' features,
+  by torch-fidelity: KID stays meaningful at small sample counts; precision is quality, recall
+  coverage.
 - Side effects: each class's share (or each attribute's frequency) before and after, % change.
 Several checkpoints (seeds of one method) give mean ± std (population std, as the paper).
 Writes OUT/metrics.json (values, summary, protocol), OUT/table.md (also printed), OUT/comparison.png
@@ -24,6 +28,7 @@ and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 import torch
@@ -34,6 +39,7 @@ import dataset
 import metrics
 import utils
 
+REAL_FEATURES_KEPT = 10000  # real images (a seeded subset) whose features KID and precision/recall use
 OUTPUTS = ["metrics.json", "table.md", "comparison.png", "real_stats.npz", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
 
 
@@ -72,7 +78,8 @@ def feature_space(args, clf, meta):
 
 def generator_pass(g, args, clf, meta, negative, features, desc):
     """One pass over the seeded samples: classifier decisions on the first --n_eval, features on
-    the first --n_fid. Returns counts per class/attribute, the negative mask and (mu, sigma)."""
+    the first --n_fid. Returns counts per class/attribute, the negative mask, (mu, sigma) and the
+    features themselves (float32, for KID and precision/recall)."""
     n_total = max(args.n_eval, args.n_fid)
     negatives, counts, feats = [], 0, []
     done = 0
@@ -87,9 +94,10 @@ def generator_pass(g, args, clf, meta, negative, features, desc):
         if take_fid:
             feats.append(features(images[:take_fid]))
         done += len(images)
-    result = {"negative_mask": torch.cat(negatives), "counts": counts.tolist(), "stats": None}
+    result = {"negative_mask": torch.cat(negatives), "counts": counts.tolist(), "stats": None, "features": None}
     if feats:
-        result["stats"] = metrics.feature_statistics(torch.cat(feats), desc)
+        feats = torch.cat(feats)
+        result["stats"], result["features"] = metrics.feature_statistics(feats, desc), feats.float()
     return result
 
 
@@ -99,7 +107,7 @@ def pass_cache_key(args, negative, fid_info):
     a borderline sample. None without --cache."""
     if not args.cache:
         return None
-    return {"classifier_sha256": metrics.file_sha256(args.classifier), "negative": negative,
+    return {"format": 2, "classifier_sha256": metrics.file_sha256(args.classifier), "negative": negative,
             "features": fid_info.get("feature_extractor"), "features_sha256": fid_info.get("weights_sha256"),
             "seed": args.seed, "n_eval": args.n_eval, "n_fid": args.n_fid, "batch": args.batch,
             "device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -118,23 +126,26 @@ def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, feature
             with np.load(file, allow_pickle=False) as data:
                 if str(data["key"]) == key_text:
                     stats = (data["mu"], data["sigma"]) if "mu" in data.files else None
+                    feats = torch.from_numpy(data["features"]) if "features" in data.files else None
                     return {"negative_mask": torch.from_numpy(data["negative_mask"]),
-                            "counts": data["counts"].tolist(), "stats": stats}
+                            "counts": data["counts"].tolist(), "stats": stats, "features": feats}
         except (OSError, ValueError, KeyError, EOFError):
             pass  # unreadable or foreign: computed again and replaced below
     result = generator_pass(g, args, clf, meta, negative, features, desc)
     arrays = {"key": np.asarray(key_text), "negative_mask": result["negative_mask"].numpy(),
               "counts": np.asarray(result["counts"], dtype=np.int64)}
     if result["stats"] is not None:
-        arrays.update(mu=np.asarray(result["stats"][0]), sigma=np.asarray(result["stats"][1]))
+        arrays.update(mu=np.asarray(result["stats"][0]), sigma=np.asarray(result["stats"][1]),
+                      features=result["features"].numpy())
     os.makedirs(args.cache, exist_ok=True)
     utils.atomic_write(file, lambda f: np.savez(f, **arrays))
     return result
 
 
 def real_statistics(args, features, fid_info, negative_name, size):
-    """(mu, sigma, reference-set info): from --real_stats when that file exists, else from the real
-    data without the negative class/feature (saved to --real_stats or OUT/real_stats.npz)."""
+    """(mu, sigma, features of a seeded subset of REAL_FEATURES_KEPT images or None, reference-set
+    info): from --real_stats when that file exists, else from the real data without the negative
+    class/feature (saved to --real_stats or OUT/real_stats.npz)."""
     split = args.real_split or ("test" if dataset.DATASETS[args.dataset].test_split == "own" else "train")
     info = {"dataset": args.dataset, "data": dataset.data_source(args.dataset, args.data),
             "split": split, "excluded": negative_name, "size": size}
@@ -148,7 +159,11 @@ def real_statistics(args, features, fid_info, negative_name, size):
                                       f"uses {stamp[key]!r}: delete it or point --real_stats elsewhere")
         info.update(statistics_file=os.path.abspath(args.real_stats), loaded_from_file=True,
                     n_images=int(fields["n_images"]) if "n_images" in fields else None)
-        return mu, sigma, info
+        kept = metrics.load_features(args.real_stats)
+        if kept is None:
+            print(f"note: {args.real_stats} keeps no features (an older file): no KID or precision/recall; "
+                  f"delete it to have them", file=sys.stderr)
+        return mu, sigma, kept, info
     try:
         images, data_info = dataset.load_dataset(args.dataset, args.data, size, train=split == "train",
                                                 attributes=args.attributes, exclude=negative_name, verbose=False)
@@ -157,13 +172,14 @@ def real_statistics(args, features, fid_info, negative_name, size):
     if args.n_real is not None and args.n_real < len(images):
         images = torch.utils.data.Subset(images, range(args.n_real))
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch, shuffle=False, num_workers=args.workers)
-    feats = [features(batch) for batch, _ in tqdm(loader, desc="real data", leave=False)]
-    mu, sigma = metrics.feature_statistics(torch.cat(feats), "real data")
+    feats = torch.cat([features(batch) for batch, _ in tqdm(loader, desc="real data", leave=False)])
+    mu, sigma = metrics.feature_statistics(feats, "real data")
+    kept = feats[np.random.default_rng(0).permutation(len(feats))[:REAL_FEATURES_KEPT]].float()
     path = args.real_stats or os.path.join(args.out, "real_stats.npz")
-    metrics.save_statistics(path, mu, sigma, n_images=len(images), **stamp)
+    metrics.save_statistics(path, mu, sigma, feature_matrix=kept, n_images=len(images), **stamp)
     info.update(statistics_file=os.path.abspath(path), loaded_from_file=False, n_images=len(images),
                 dropped=data_info["dropped"])
-    return mu, sigma, info
+    return mu, sigma, kept, info
 
 
 def without_nan(value):
@@ -187,21 +203,32 @@ def fmt_summary(stat):
     return "N/A" if stat is None else fmt(stat["mean"], stat["std"])
 
 
+def quality_cells(values):
+    """The table's KID ×10³, precision and recall cells of one row (a mean ± std dict or a value)."""
+    def cell(value, scale=1.0):
+        if isinstance(value, dict):
+            return fmt(value["mean"] * scale, value["std"] * scale)
+        return fmt(None if value is None else value * scale)
+    return f"{cell(values.get('kid'), 1e3)} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
+
+
 def markdown_table(record, fid_name, label):
-    """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, then per checkpoint, then
-    the side effects (appendix E)."""
+    """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, with KID and precision/recall
+    beside them, then per checkpoint, then the side effects (appendix E)."""
     summary = record["summary"]
-    lines = [f"| Method | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) |", "|---|---|---|---|"]
+    head = f"PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | KID ×10³ (↓) | precision (↑) | recall (↑)"
+    lines = [f"| Method | {head} |", "|---|---|---|---|---|---|---|"]
     for entry in [record["reference"], record.get("retrained")]:
         if entry:
-            lines.append(f"| {entry['label']} | {fmt(entry['pul'])} | {fmt(entry['fid'])} | {fmt(entry['ret_fid'])} |")
+            lines.append(f"| {entry['label']} | {fmt(entry['pul'])} | {fmt(entry['fid'])} | {fmt(entry['ret_fid'])} "
+                         f"| {quality_cells(entry)} |")
     if record["checkpoints"]:
         lines.append(f"| {label} ({len(record['checkpoints'])} run{'s' if len(record['checkpoints']) > 1 else ''}) "
                      f"| {fmt_summary(summary['pul'])} | {fmt_summary(summary['fid'])} "
-                     f"| {fmt_summary(summary['ret_fid'])} |")
-        lines += ["", f"| Checkpoint | PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | negatives |", "|---|---|---|---|---|"]
-        lines += [f"| {c['label']} | {fmt(c['pul'])} | {fmt(c['fid'])} | {fmt(c['ret_fid'])} | {c['negatives']} |"
-                  for c in record["checkpoints"]]
+                     f"| {fmt_summary(summary['ret_fid'])} | {quality_cells(summary)} |")
+        lines += ["", f"| Checkpoint | {head} | negatives |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['label']} | {fmt(c['pul'])} | {fmt(c['fid'])} | {fmt(c['ret_fid'])} | {quality_cells(c)} "
+                  f"| {c['negatives']} |" for c in record["checkpoints"]]
         what = "attribute" if record["protocol"]["pul"]["multilabel"] else "class"
         unit = "frequency" if what == "attribute" else "share"
         lines += ["", f"| {what} | reference {unit} % | {label} {unit} % | % change (mean ± std) |", "|---|---|---|---|"]
@@ -237,6 +264,24 @@ def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, ne
 
     metrics.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
                                          f"the reference; red frame: classified '{name}'")
+
+
+def kid_and_precision_recall(args, generated, real):
+    """{kid, kid_std, precision, recall} of generated features against the real ones (None where
+    not computed)."""
+    out = dict.fromkeys(("kid", "kid_std", "precision", "recall"))
+    if generated is None or real is None:
+        return out
+    n = min(len(generated), len(real))
+    if args.kid_subsets and n >= 2:
+        out["kid"], out["kid_std"], _ = metrics.kernel_inception_distance(generated, real, args.kid_subset_size,
+                                                                          args.kid_subsets)
+    if args.pr_k and n > args.pr_k:
+        out["precision"], out["recall"] = metrics.precision_recall(generated, real[:len(generated)], args.pr_k)
+    elif args.pr_k:
+        print(f"warning: precision/recall with k = {args.pr_k} needs more than {args.pr_k} samples of each set "
+              f"({len(generated)} generated, {len(real)} real): not computed", file=sys.stderr)
+    return out
 
 
 def fid_of_files(paths):
@@ -280,6 +325,12 @@ def create_argparser():
     parser.add_argument("--n_eval", type=utils.positive_int, default=15000,
                         help="samples per generator for PUL and side effects (paper: 15,000)")
     parser.add_argument("--n_fid", type=utils.nonnegative_int, default=10000, help="samples per generator for FID and Ret-FID (0: skip them)")
+    parser.add_argument("--kid_subsets", type=utils.nonnegative_int, default=metrics.KID_SUBSETS,
+                        help="KID: random subsets averaged (torch-fidelity's default; 0: no KID)")
+    parser.add_argument("--kid_subset_size", type=utils.positive_int, default=metrics.KID_SUBSET_SIZE,
+                        help="KID: samples of each set per subset (lowered to the sample count when larger)")
+    parser.add_argument("--pr_k", type=utils.nonnegative_int, default=metrics.PR_K,
+                        help="precision/recall: the k of the k-NN balls (torch-fidelity's default; 0: none)")
     parser.add_argument("--n_sample", type=utils.nonnegative_int, default=8,
                         help="columns of the comparison grid, the same latents in every row (0: no grid)")
     parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
@@ -314,9 +365,9 @@ def main(args):
     # every input is read and checked: only now is --out made
     utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
-    real = None
+    real = real_features = None
     if args.n_fid:
-        mu, sigma, real_info = real_statistics(args, features, fid_info, negative_name, size)
+        mu, sigma, real_features, real_info = real_statistics(args, features, fid_info, negative_name, size)
         real = (mu, sigma)
     cache_key = pass_cache_key(args, negative, fid_info)
     results = [cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, label)
@@ -330,6 +381,7 @@ def main(args):
         stats = result["stats"]
         n_neg = int(result["negative_mask"].sum())
         return {"role": role, "label": label, "path": os.path.abspath(path), "negatives": n_neg,
+                **kid_and_precision_recall(args, result["features"], real_features),
                 "pul": metrics.percentage_unlearned(ref_negatives, n_neg),
                 "fid": metrics.frechet_distance(*stats, *real) if stats and real else None,
                 # the retrained model evaluated as a checkpoint has no Ret-FID (0 up to float noise)
@@ -340,7 +392,8 @@ def main(args):
 
     entries = [entry(role, label, path, result) for (role, label, path, _), result in zip(generators, results)]
     checkpoints = [e for e in entries if e["role"] == "evaluated"]
-    summary = {key: metrics.mean_std([c[key] for c in checkpoints]) for key in ("pul", "fid", "ret_fid")}
+    summary = {key: metrics.mean_std([c[key] for c in checkpoints])
+               for key in ("pul", "fid", "ret_fid", "kid", "precision", "recall")}
     summary["side_effects"] = {name: metrics.mean_std([c["side_effects"][name]["change"] for c in checkpoints])
                                for name in names}
     protocol = {
@@ -360,6 +413,15 @@ def main(args):
             "ret_fid": {"retrained": os.path.abspath(args.retrained) if args.retrained else None,
                         "n_samples_each": args.n_fid},
             "frechet_distance": "torch-fidelity fid_statistics_to_metric (float64)"},
+        "kid": None if not (args.n_fid and args.kid_subsets and real_features is not None) else {
+            "library": "torch-fidelity kid_features_to_metric", "kernel": "(x·y / D + 1)^3", "estimator": "unbiased",
+            "subsets": args.kid_subsets, "subset_size": min(args.kid_subset_size, args.n_fid, len(real_features)),
+            "n_generated": args.n_fid, "n_real": len(real_features), "rng_seed": metrics.KID_SEED,
+            "features": "the FID's, float32", "kid_std": "std over the subsets"},
+        "precision_recall": None if not (args.n_fid and args.pr_k and real_features is not None) else {
+            "library": "torch-fidelity prc_features_to_metric (Kynkäänniemi et al. 2019)", "k": args.pr_k,
+            "n_generated": args.n_fid, "n_real": min(args.n_fid, len(real_features)),
+            "features": "the FID's, float32"},
         "std": "population standard deviation (ddof = 0) over the evaluated checkpoints",
         "device": args.device, "torch": torch.__version__,
     }

@@ -2,7 +2,8 @@
 
 Classifier input and decisions; the seeded samples every generator is scored on; PUL; FID
 features (Inception or the classifier's), their statistics and the Fréchet distance (also
-Ret-FID: the distance to the retrained model's statistics); the side effects on other classes.
+Ret-FID: the distance to the retrained model's statistics); KID and precision/recall from the same
+features; the side effects on other classes; recoverability (inverting held-out real images).
 """
 
 import hashlib
@@ -15,6 +16,8 @@ import torch_fidelity
 from torch.nn import functional as F
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -259,12 +262,49 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return float(value[KEY_METRIC_FID])
 
 
-def save_statistics(path, mu, sigma, **protocol):
+# KID and precision/recall need the feature matrices themselves, not their statistics; both use
+# torch-fidelity's implementations on float32 features, its defaults as ours
+KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED, PR_K = 100, 1000, 2020, 3
+
+
+def kernel_inception_distance(generated, real, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS):
+    """(mean, std, subset size) over `subsets` seeded random subsets of min(subset_size, N, M)
+    of each set of the unbiased MMD² with the cubic kernel k(x, y) = (x·y / D + 1)³ (Bińkowski et
+    al. 2018), by torch-fidelity. Unbiased: about 0, and may be below 0, for equal distributions."""
+    size = min(subset_size, len(generated), len(real))
+    if size < 2:
+        raise UserError(f"KID needs at least 2 samples of each set ({len(generated)} generated, {len(real)} real)")
+    out = kid_features_to_metric(torch.as_tensor(generated).float(), torch.as_tensor(real).float(),
+                                 kid_subsets=subsets, kid_subset_size=size, rng_seed=KID_SEED, verbose=False)
+    return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD], size
+
+
+def precision_recall(generated, real, k=PR_K):
+    """Improved precision and recall (Kynkäänniemi et al. 2019), by torch-fidelity: precision =
+    share of generated samples inside the k-NN ball of some real sample (quality), recall = share
+    of real samples inside the k-NN ball of some generated one (coverage)."""
+    if min(len(generated), len(real)) <= k:
+        raise UserError(f"precision/recall with k = {k} needs more than {k} samples of each set")
+    out = prc_features_to_metric(torch.as_tensor(generated).float(), torch.as_tensor(real).float(),
+                                 prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
+
+
+def save_statistics(path, mu, sigma, feature_matrix=None, **protocol):
     """Feature statistics as pytorch-fid's .npz (keys mu, sigma), plus string fields describing
-    how they were made (ignored by pytorch-fid), written atomically."""
+    how they were made and optionally a float32 feature matrix for KID and precision/recall
+    (both ignored by pytorch-fid), written atomically."""
     extra = {k: np.asarray(str(v)) for k, v in protocol.items()}
+    if feature_matrix is not None:
+        extra["feature_matrix"] = np.asarray(feature_matrix, dtype=np.float32)
     atomic_write(path, lambda f: np.savez(f, mu=np.asarray(mu, dtype=np.float64),
                                           sigma=np.asarray(sigma, dtype=np.float64), **extra))
+
+
+def load_features(path):
+    """The feature matrix [N, D] (float32 tensor) kept in a statistics file, or None."""
+    with np.load(path, allow_pickle=False) as data:
+        return torch.from_numpy(data["feature_matrix"]) if "feature_matrix" in data.files else None
 
 
 def load_statistics(path):
@@ -280,6 +320,7 @@ def load_statistics(path):
         raise UserError(f"{path}: has no 'mu' and 'sigma' arrays (found: {', '.join(fields) or 'nothing'}); "
                         f"expected feature statistics in pytorch-fid's .npz format")
     mu, sigma = fields.pop("mu"), fields.pop("sigma")
+    fields.pop("feature_matrix", None)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise UserError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not a [D] mean and a [D, D] covariance")
     return mu.astype(np.float64), sigma.astype(np.float64), {k: str(v) for k, v in fields.items()}

@@ -82,6 +82,38 @@ def test_frechet_distance_rejects_mismatched_statistics():
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+def test_kid_is_the_unbiased_cubic_kernel_mmd_by_hand():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 5)), rng.normal(0.5, 1.0, size=(30, 5))
+    x, y = torch.from_numpy(x).float(), torch.from_numpy(y).float()  # KID runs in float32
+    kernel = lambda a, b: (a.double() @ b.double().T / 5 + 1) ** 3
+    m = 30
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+    by_hand = ((kxx.sum() - kxx.trace()) + (kyy.sum() - kyy.trace())) / (m * (m - 1)) - 2 * kxy.mean()
+    # one subset of all 30 samples: a permutation of each set, which the estimate does not see
+    kid, kid_std, size = metrics.kernel_inception_distance(x, y, subset_size=100, subsets=1)
+    assert size == 30 and kid_std == 0
+    assert kid == pytest.approx(float(by_hand), rel=1e-5)
+    # equal distributions: about 0 (unbiased), far below a shifted pair
+    same = metrics.kernel_inception_distance(torch.randn(400, 5), torch.randn(400, 5), 200, 20)[0]
+    shifted = metrics.kernel_inception_distance(torch.randn(400, 5), torch.randn(400, 5) + 0.5, 200, 20)[0]
+    assert abs(same) < 0.05 * shifted
+
+
+def test_precision_recall_on_points_of_a_line():
+    """real = 0..9, generated = 0..4 on a line, k = 3: every generated point is a real one
+    (precision 1); the generated balls have radius 3 (the 3rd neighbour), so they cover real
+    points 0..7 but not 8 and 9 (recall 0.8)."""
+    real = torch.arange(10.0).view(-1, 1)
+    generated = torch.arange(5.0).view(-1, 1)
+    assert metrics.precision_recall(generated, real, k=3) == (1.0, pytest.approx(0.8))
+    # the roles swapped swap the two numbers
+    precision, recall = metrics.precision_recall(real, generated, k=3)
+    assert (precision, recall) == (pytest.approx(0.8), 1.0)
+    with pytest.raises(utils.UserError, match="needs more than 3 samples"):
+        metrics.precision_recall(generated[:3], real, k=3)
+
+
 def test_too_few_samples_warn_or_refuse(capsys):
     metrics.feature_statistics(torch.randn(5, 8), "tiny")
     assert "rank <= 4 < 8" in capsys.readouterr().err
@@ -267,6 +299,13 @@ def test_evaluate_reference_against_itself(files, tmp_path, capsys):
                                     real_stats=str(out / "real_stats.npz")))
     assert again["protocol"]["fid"]["reference_set"]["loaded_from_file"]
     assert again["checkpoints"][0]["fid"] == pytest.approx(ref["fid"], rel=1e-9)
+    # KID and precision/recall: the real features kept in the .npz give the same values
+    for key in ("kid", "precision", "recall"):
+        assert record["checkpoints"][0][key] == ref[key] and again["checkpoints"][0][key] == ref[key], key
+    assert 0 <= ref["precision"] <= 1 and 0 <= ref["recall"] <= 1 and ref["kid"] is not None
+    assert protocol["kid"]["subset_size"] == 100 and protocol["precision_recall"]["k"] == 3
+    assert protocol["kid"]["n_real"] == 256 and protocol["precision_recall"]["n_real"] == 100
+    assert "| KID ×10³ (↓) | precision (↑) | recall (↑) |" in printed
 
 
 def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_path):
@@ -296,7 +335,8 @@ def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_p
 def scores(record):
     """What a generator pass decides, per entry: negatives, PUL, FID, Ret-FID and side effects."""
     entries = [record["reference"], record["retrained"], *record["checkpoints"]]
-    return [(e["negatives"], e["pul"], e["fid"], e["ret_fid"], e["side_effects"]) for e in entries]
+    return [(e["negatives"], e["pul"], e["fid"], e["ret_fid"], e["kid"], e["precision"], e["recall"],
+             e["side_effects"]) for e in entries]
 
 
 def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, monkeypatch):
