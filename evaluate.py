@@ -21,18 +21,23 @@ Protocol (paper §5.3 and appendix E): every generator (its g_ema) draws the sam
 - Side effects: each class's share (or each attribute's frequency) before and after, % change.
 Several checkpoints (seeds of one method) give mean ± std (population std, as the paper).
 Writes OUT/metrics.json (values, summary, protocol), OUT/table.md (also printed), OUT/comparison.png
-(the same latents through every generator, one labelled row each; red frame = classified negative)
+(the same latents through every generator, one labelled row each; red frame = classified negative),
+OUT/side_effects.png (the % change of every other class or attribute, grouped bars per generator)
 and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
 """
 
 import hashlib
+import io
 import json
 import os
 import sys
 
-import numpy as np
-import torch
-from tqdm import tqdm
+import matplotlib
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import checkpoint
 import dataset
@@ -40,7 +45,7 @@ import metrics
 import utils
 
 REAL_FEATURES_KEPT = 10000  # real images (a seeded subset) whose features KID and precision/recall use
-OUTPUTS = ["metrics.json", "table.md", "comparison.png", "real_stats.npz", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+OUTPUTS = ["metrics.json", "table.md", "comparison.png", "side_effects.png", "real_stats.npz", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
 
 
 def load_generators(args):
@@ -240,6 +245,35 @@ def markdown_table(record, fid_name, label):
     return "\n".join(lines)
 
 
+def save_side_effects_chart(record, path):
+    """Grouped bars (paper appendix E): per class or attribute other than the negative, the % change
+    of its count under each evaluated generator and the retrained one, against the reference."""
+    negative = record["protocol"]["pul"]["negative"]
+    names = [name for name in record["reference"]["side_effects"] if name != negative]
+    bars = [e for e in [record.get("retrained"), *record["checkpoints"]] if e]
+    if not names or not bars:
+        return
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) * len(bars) + 2), 4.0))
+    for i, e in enumerate(bars):
+        changes = [e["side_effects"][name]["change"] for name in names]  # NaN: absent under the reference
+        ax.bar(np.arange(len(names)) + (i - (len(bars) - 1) / 2) * width, changes, width, label=e["label"])
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right"
+                  if max(map(len, names)) > 3 else "center")
+    ax.set_ylabel("% change of the count vs the pre-trained model")
+    change = [c["side_effects"][negative]["change"] for c in record["checkpoints"]]
+    ax.set_title(f"other {'attributes' if record['protocol']['pul']['multilabel'] else 'classes'} after unlearning "
+                 f"'{negative}' (its own change: {', '.join(fmt(c) + '%' for c in change) or 'N/A'}; not drawn)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    utils.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
 def grid_indices(reference_negatives, n_columns):
     """Columns of the comparison grid: up to half negatives under the reference, then positives."""
     neg = torch.nonzero(reference_negatives).flatten().tolist()
@@ -434,6 +468,7 @@ def main(args):
     text = json.dumps(without_nan(record), indent=2)
     utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))
     utils.atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write((table + "\n").encode()))
+    save_side_effects_chart(record, os.path.join(args.out, "side_effects.png"))
     if args.n_sample:
         indices, n_neg = grid_indices(ref["negative_mask"], args.n_sample)
         save_comparison_grid(generators, indices, n_neg, args, clf, meta, negative,

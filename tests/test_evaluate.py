@@ -7,6 +7,7 @@ import subprocess
 import sys
 from unittest import mock
 
+import matplotlib.axes
 import numpy as np
 import pytest
 import scipy.linalg
@@ -289,7 +290,7 @@ def test_evaluate_reference_against_itself(files, tmp_path, capsys):
     assert real["excluded"] == "horizontal" and real["split"] == "test" and real["n_images"] == 256
     assert "classifier-feature FID" in printed and "| pre-trained (reference) | 0.00 |" in printed
     assert "the generators make 3x16 px: images are resized" in printed  # 16 px into a 32 px LeNet
-    for name in ("metrics.json", "table.md", "comparison.png", "real_stats.npz", "args.json"):
+    for name in ("metrics.json", "table.md", "comparison.png", "side_effects.png", "real_stats.npz", "args.json"):
         assert os.path.isfile(out / name), name
     text = (out / "metrics.json").read_text()
     assert "NaN" not in text and json.loads(text)["summary"]["pul"]["mean"] == 0.0
@@ -306,6 +307,21 @@ def test_evaluate_reference_against_itself(files, tmp_path, capsys):
     assert protocol["kid"]["subset_size"] == 100 and protocol["precision_recall"]["k"] == 3
     assert protocol["kid"]["n_real"] == 256 and protocol["precision_recall"]["n_real"] == 100
     assert "| KID ×10³ (↓) | precision (↑) | recall (↑) |" in printed
+
+
+def test_side_effects_chart_draws_each_generators_change(files, tmp_path, monkeypatch):
+    """One bar group per class but the negative, one bar per generator (retrained first), at the
+    % change metrics.json records."""
+    drawn = []
+    bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, x, height, *rest, label=None, **kw:
+                        drawn.append((label, list(height))) or bar(self, x, height, *rest, label=label, **kw))
+    record = evaluate.main(eval_args(files, tmp_path / "out", [files["retrained"], files["reference"]], n_sample=0))
+    expected = [(e["label"], [e["side_effects"]["vertical"]["change"]])
+                for e in [record["retrained"], *record["checkpoints"]]]
+    assert drawn == expected and expected[0][1][0] != 0 and expected[2][1] == [0.0]
+    with open(tmp_path / "out" / "side_effects.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_path):
