@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import MNIST, ImageFolder
 
-from utils import UserError
+from utils import UserError, to_uint8
 
 
 def load_image(path):
@@ -45,6 +45,24 @@ def to_generator_space(size, channels_in):
         steps.append(transforms.Lambda(lambda image: image.convert("RGB")))
     steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
     return transforms.Compose(steps)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def load_image_folder(root, size, flag):
+    """Every image under `root` (recursively, sorted paths) in the generator's space at `size` px,
+    as uint8 [N, 3, size, size] (what a user would see), with the paths. `flag` names the option
+    in errors."""
+    if not os.path.isdir(root):
+        raise UserError(f"{flag} {root}: no such folder")
+    paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise UserError(f"{flag} {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+    transform = to_generator_space(size, 3)
+    images = torch.stack([transform(load_image(path)) for path in paths])
+    return to_uint8(images), paths
 
 
 class SyntheticBars(torch.utils.data.Dataset):

@@ -11,6 +11,12 @@ With a person as the user: write numbered contact sheets, look at them, list the
     python negative_adapt.py --ckpt runs/mnist/final.pt --contact_sheet --out runs/adapt8
     python negative_adapt.py --ckpt runs/mnist/final.pt --marked_file marked.txt --out runs/adapt8
 
+With image folders the user already holds (paper appendix D): Stage 1 adapts to --negatives, and
+Stage 2 trains on --positives (or, without it, on the generated samples --classifier or the marks
+call positive):
+
+    python negative_adapt.py --ckpt runs/mnist/final.pt --negatives eights/ --positives others/ --out runs/adapt8
+
 Writes OUT/feedback.pt (the n samples as the user saw them, their latents and labels),
 OUT/feedback.png (negatives framed in red), OUT/adapted_{j}.pt for j = 0..k-1 (θ_N^j is their
 g_ema), a sample grid per adapted model and OUT/args.json.
@@ -26,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import checkpoint
+import dataset
 import gan
 import method
 import metrics
@@ -39,7 +46,7 @@ SHEET_ROWS = 10
 OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "checkpoint/adapted_*.pt", "args.json"]
 CONTACT_SHEET_OUTPUTS = ["contact_sheet_*.png", "contact_sheet_args.json"]
 # the flags that make a run what it is: --resume refuses to change them
-RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "n_feedback", "feedback_seed", "n_models",
+RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "negatives", "positives", "n_feedback", "feedback_seed", "n_models",
              "iter", "ewc_lambda", "ewc_params", "fisher_samples", "batch", "lr", "r1", "d_reg_every",
              "path_regularize", "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
@@ -93,17 +100,18 @@ def save_feedback_grid(images, negative, path, n_show=64):
     gan.save_image_grid(shown, path, nrow=int(math.ceil(math.sqrt(len(shown)))))
 
 
-def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
-    """Generate the pool of --n_feedback samples and label it; returns checkpoint.save_feedback's
-    arguments as a dict."""
+def generated_pool(args, g_ema, device):
+    """(z, uint8 images) of the --n_feedback samples the user is shown."""
     zs, images = [], []
     for z, batch in metrics.generate_images(g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device,
                                           desc="feedback samples"):
         zs.append(z)
         images.append(batch.cpu())
-    z, images = torch.cat(zs), torch.cat(images)
-    images_uint8 = utils.to_uint8(images)  # what the user sees, and what Stage 1 and 2 train on
+    return torch.cat(zs), utils.to_uint8(torch.cat(images))  # what the user sees, and what Stage 1 and 2 train on
 
+
+def label_pool(args, images_uint8, marked, oracle):
+    """(negative mask, how it was labelled) of the pool, by the oracle or by the marks."""
     if oracle is not None:
         classifier, meta, index, name = oracle
         logits = torch.cat([metrics.classify(classifier, meta, utils.from_uint8(images_uint8[i:i + args.batch_eval]))
@@ -115,7 +123,14 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
         negative[marked] = True
         labelled_by = {"human": os.path.abspath(args.marked_file) if args.marked_file else "--marked",
                        "marked": torch.nonzero(negative).flatten().tolist()}
+    return negative, labelled_by
 
+
+def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
+    """Generate the pool of --n_feedback samples and label it; returns checkpoint.save_feedback's
+    arguments as a dict."""
+    z, images_uint8 = generated_pool(args, g_ema, device)
+    negative, labelled_by = label_pool(args, images_uint8, marked, oracle)
     n_neg = int(negative.sum())
     if n_neg == 0 or n_neg == len(negative):
         which = "no negative" if n_neg == 0 else "no positive"
@@ -125,6 +140,35 @@ def collect_feedback(args, g_ema, fingerprint, marked, oracle, device):
     return {"images": images_uint8, "z": z, "negative": negative, "labelled_by": labelled_by,
             "fingerprint": fingerprint, "feedback_seed": args.feedback_seed, "args": checkpoint.plain_args(args),
             "sources": {"ckpt": os.path.abspath(args.ckpt)}}
+
+
+def curated_feedback(args, g_ema, fingerprint, marked, oracle, device):
+    """Feedback from image folders (paper appendix D): --negatives, and --positives or else the
+    generated samples the oracle or the marks call positive. No latents: the images are not the
+    generator's."""
+    size = g_ema.size
+    negatives, negative_paths = dataset.load_image_folder(args.negatives, size, "--negatives")
+    folders = {"negatives": os.path.abspath(args.negatives), "n_negatives": len(negative_paths)}
+    if args.positives is not None:
+        positives, positive_paths = dataset.load_image_folder(args.positives, size, "--positives")
+        folders.update(positives=os.path.abspath(args.positives), n_positives=len(positive_paths))
+    else:
+        _, pool = generated_pool(args, g_ema, device)
+        pool_negative, pool_labels = label_pool(args, pool, marked, oracle)
+        positives = pool[~pool_negative]
+        if len(positives) == 0:
+            raise utils.UserError(f"every one of the {len(pool)} generated samples is called negative: no positive "
+                                  f"to train Stage 2 on; give --positives DIR")
+        folders.update(positives=f"the generated samples called positive ({len(positives)} of {len(pool)}, "
+                                 f"--feedback_seed {args.feedback_seed})", positives_labelled_by=pool_labels)
+    images = torch.cat([negatives, positives])
+    negative = torch.arange(len(images)) < len(negatives)
+    sources = {"ckpt": os.path.abspath(args.ckpt), "negatives": folders["negatives"]}
+    if args.positives is not None:
+        sources["positives"] = folders["positives"]
+    return {"images": images, "negative": negative, "labelled_by": {"folders": folders},
+            "fingerprint": fingerprint, "feedback_seed": args.feedback_seed, "args": checkpoint.plain_args(args),
+            "sources": sources}
 
 
 def adapt_one(j, args, pretrained, negatives, ewc, model_args, mean_path_length, device, save=None):
@@ -193,6 +237,14 @@ def create_argparser():
     who.add_argument("--contact_sheet", action="store_true", help="write numbered contact sheets of the samples and stop")
     who.add_argument("--marked", type=int, nargs="+", default=None, help="indices (on the contact sheets) of undesired samples")
     who.add_argument("--marked_file", default=None, help="text file with those indices (whitespace or comma separated)")
+    who.add_argument("--negatives", default=None,
+                     help="curated feedback: a folder of images that show the undesired class or feature (any "
+                          "common format, searched recursively; resized and centre-cropped to the generator's size); "
+                          "Stage 1 adapts to them instead of to marked samples")
+    who.add_argument("--positives", default=None,
+                     help="with --negatives: a folder of images without it, which Stage 2 trains on; without this "
+                          "flag Stage 2 trains on the --n_feedback generated samples that --classifier or the marks "
+                          "call positive")
     parser.add_argument("--n_models", type=utils.positive_int, default=5, help="k, the number of adapted models (different seeds)")
     parser.add_argument("--iter", type=utils.positive_int, default=2000, help="Stage-1 iterations per adapted model (official MNIST run: 2000)")
     gan.add_ewc_args(parser)
@@ -213,10 +265,22 @@ def create_argparser():
     return parser
 
 
-def main(args):
-    if args.classifier is None and not args.contact_sheet and args.marked is None and args.marked_file is None:
+def check_labelling(args):
+    """Who labels what: the flags must name exactly one source of negatives and of positives."""
+    if args.positives is not None and args.negatives is None:
+        raise utils.UserError("--positives needs --negatives (the folder of undesired images)")
+    folders_only = args.negatives is not None and args.positives is not None
+    if folders_only and args.contact_sheet:
+        raise utils.UserError("--contact_sheet shows generated samples to mark, but --negatives and --positives "
+                              "already give both; drop one of them")
+    if not folders_only and args.classifier is None and not args.contact_sheet and args.marked is None \
+            and args.marked_file is None:
         raise utils.UserError("say who labels the samples: --classifier with --negative, or --contact_sheet "
-                              "and then --marked / --marked_file")
+                              "and then --marked / --marked_file, or --negatives DIR --positives DIR")
+
+
+def main(args):
+    check_labelling(args)
     if args.classifier is not None and args.negative is None:
         raise utils.UserError("--classifier needs --negative (the class or attribute to unlearn)")
     device = args.device
@@ -244,7 +308,8 @@ def main(args):
               f"then rerun with --marked N N ... or --marked_file FILE (same --ckpt, --n_feedback, --feedback_seed)")
         return
 
-    marked = read_marked(args, args.n_feedback) if args.classifier is None else None
+    folders_only = args.negatives is not None and args.positives is not None
+    marked = read_marked(args, args.n_feedback) if args.classifier is None and not folders_only else None
     # the Fisher depends on θ_G and D only: computed once, before the feedback is written
     utils.seed_everything(args.seed)
     g_for_fisher = pretrained["g"]
@@ -255,15 +320,24 @@ def main(args):
         print(f"EWC: λ = {args.ewc_lambda:g} on {args.ewc_params} ({len(ewc.names)} tensors); mean raw Fisher "
               f"{ewc.fisher_mean:.3g}, so the paper's λ ≈ {2 * args.ewc_lambda / ewc.fisher_mean:.3g}")
 
-    feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
+    if args.negatives is not None:
+        feedback = curated_feedback(args, g_ema, fingerprint, marked, oracle, device)
+    else:
+        feedback = collect_feedback(args, g_ema, fingerprint, marked, oracle, device)
     # the inputs, the labels and the feedback's two classes are checked: only now is --out made
     utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
     feedback_path = checkpoint.save_feedback(os.path.join(args.out, "feedback.pt"), **feedback)
     negative = feedback["negative"]
-    save_feedback_grid(utils.from_uint8(feedback["images"]), negative, os.path.join(args.out, "feedback.png"))
-    print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)} "
-          f"-> {feedback_path}")
+    shown = torch.arange(len(negative))
+    if args.negatives is not None:  # negatives come first: show half of each
+        shown = torch.cat([shown[negative][:32], shown[~negative][:32]])
+    save_feedback_grid(utils.from_uint8(feedback["images"][shown]), negative[shown],
+                       os.path.join(args.out, "feedback.png"))
+    source = f" (from {args.negatives}" + (f" and {args.positives})" if args.positives else
+                                          ", positives generated)") if args.negatives else ""
+    print(f"feedback: {int(negative.sum())} negatives, {int((~negative).sum())} positives of {len(negative)}"
+          f"{source} -> {feedback_path}")
     negatives = feedback["images"][negative]  # uint8, as the user saw them
 
     sources = {"ckpt": os.path.abspath(args.ckpt), "feedback": os.path.abspath(feedback_path)}

@@ -172,6 +172,9 @@ def main(args):
     positives = feedback["images"][~feedback["negative"]]
     if len(positives) == 0:
         raise utils.UserError(f"--feedback {args.feedback} has no positive sample to train on")
+    folders = feedback["labelled_by"].get("folders")
+    print(f"Stage 2 trains on {len(positives)} positives: "
+          + (folders["positives"] if folders else "the generated feedback samples not called negative"))
     utils.seed_everything(args.seed)
 
     g, d, g_ema = nets["g"], nets["d"], nets["g_ema"].eval()

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import checkpoint
 import evaluate
@@ -117,6 +118,59 @@ def test_stage1_shift_and_ema_pull(chain, adapted, tmp_path, capsys):
         assert abs(pull) <= 0.05 and pull == pytest.approx(ckpt["method"]["ema_pull"])
     assert shifts["0"] == 1.0 and 0 < shifts["1000"] < 0.9, shifts
     assert ckpt["method"]["fisher_mean"] > 0 and ckpt["method"]["ewc_params"] == "synthesis"
+
+
+def write_pngs(images, folder):
+    os.makedirs(folder, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{i:04d}.png"))
+
+
+def test_curated_feedback_from_image_folders(chain, adapted, tmp_path, capsys):
+    """Folders holding exactly the oracle's negatives give the same feedback images and the same
+    adapted model as the generated feedback; positives come from a folder or, without one, from
+    the generated samples the oracle calls positive; unlearn.py says which."""
+    feedback = checkpoint.load_checkpoint(adapted["feedback"], "feedback")
+    negatives, positives = feedback["images"][feedback["negative"]], feedback["images"][~feedback["negative"]]
+    write_pngs(negatives, tmp_path / "neg")
+    write_pngs(positives[:10], tmp_path / "pos" / "a")  # searched recursively
+    write_pngs(positives[10:20], tmp_path / "pos" / "b")
+    stage1 = ["--ckpt", chain["gan"], "--n_models", 1, "--iter", 4, "--fisher_samples", 8, *SHORT]
+    run_main(negative_adapt, *stage1, "--negatives", tmp_path / "neg", "--positives", tmp_path / "pos",
+             "--out", tmp_path / "curated")
+    curated = checkpoint.load_checkpoint(str(tmp_path / "curated" / "feedback.pt"), "feedback")
+    assert torch.equal(curated["images"], torch.cat([negatives, positives[:20]])) and "z" not in curated
+    assert curated["negative"].tolist() == [True] * len(negatives) + [False] * 20
+    assert curated["labelled_by"]["folders"]["positives"] == str(tmp_path / "pos")
+    ours, _ = checkpoint.load_stylegan2(str(tmp_path / "curated" / "adapted_0.pt"))
+    theirs, _ = checkpoint.load_stylegan2(adapted["adapted"][0])
+    for a, b in zip(ours["g_ema"].state_dict().values(), theirs["g_ema"].state_dict().values()):
+        assert torch.equal(a, b)
+
+    run_main(negative_adapt, *stage1, "--negatives", tmp_path / "neg", "--classifier", chain["clf"],
+             "--negative", chain["negative"], "--n_feedback", 200, "--n_eval", 20, "--out", tmp_path / "mixed")
+    mixed = checkpoint.load_checkpoint(str(tmp_path / "mixed" / "feedback.pt"), "feedback")
+    assert torch.equal(mixed["images"], torch.cat([negatives, positives]))  # the pool's positives
+    assert f"generated samples called positive ({len(positives)} of 200" in mixed["labelled_by"]["folders"]["positives"]
+    capsys.readouterr()
+    run_main(unlearn, "--ckpt", chain["gan"], "--feedback", tmp_path / "curated" / "feedback.pt", "--adapted",
+             tmp_path / "curated" / "adapted_0.pt", "--iter", 2, *SHORT, "--out", tmp_path / "unlearned")
+    assert f"Stage 2 trains on 20 positives: {tmp_path / 'pos'}" in capsys.readouterr().out
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    for flags, message in [(["--positives", tmp_path / "pos"], "--positives needs --negatives"),
+                           (["--negatives", tmp_path / "empty", "--positives", tmp_path / "pos"],
+                            "--negatives .*empty: no image files"),
+                           (["--negatives", tmp_path / "broken", "--positives", tmp_path / "pos"],
+                            "x.png: cannot be decoded as an image"),
+                           (["--negatives", tmp_path / "nowhere", "--positives", tmp_path / "pos"],
+                            "--negatives .*nowhere: no such folder"),
+                           (["--negatives", tmp_path / "neg"], "say who labels the samples")]:
+        with pytest.raises(utils.UserError, match=message):
+            run_main(negative_adapt, *stage1, *flags, "--out", tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
 
 
 def test_feedback_oracle_trained_at_another_size_is_flagged(chain, tmp_path, capsys):
