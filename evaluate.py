@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 import checkpoint
 import dataset
+import gan
 import metrics
 import utils
 
@@ -52,7 +53,7 @@ def load_generators(args):
     """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
     --retrained; all must draw the same latents (same style_dim) at the same size."""
     entries = [("reference", "pre-trained (reference)", args.reference)]
-    entries += [("evaluated", metrics.short_name(path), path) for path in args.ckpt]
+    entries += [("evaluated", gan.short_name(path), path) for path in args.ckpt]
     if args.retrained:
         entries.append(("retrained", "retraining", args.retrained))
     generators = []
@@ -296,7 +297,7 @@ def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, ne
         flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).tolist()
         rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
 
-    metrics.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
+    gan.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
                                          f"the reference; red frame: classified '{name}'")
 
 

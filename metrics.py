@@ -18,7 +18,6 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from checkpoint import class_names
@@ -343,36 +342,3 @@ def mean_std(values):
     if not values:
         return None
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
-
-
-# --------------------------------------------------------------------------------------------
-# Pictures of the decisions
-# --------------------------------------------------------------------------------------------
-
-
-def short_name(path):
-    """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
-    parts = os.path.normpath(path).split(os.sep)
-    return os.path.join(*parts[-2:]) if len(parts) > 1 else parts[0]
-
-
-def save_labelled_rows(rows, path, title):
-    """One PNG of labelled rows of tiles under a title line: rows = [(label, uint8 images
-    [N, H, W, 3], flags [N])]; a flagged tile gets a red frame. Tiles are enlarged to at least
-    64 px (nearest neighbour), so small images stay readable."""
-    cell, pad, head = max(64, max(images.shape[1] for _, images, _ in rows)), 6, 22
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = int(max(probe.textlength(label) for label, _, _ in rows)) + 12
-    width = label_w + max(len(images) for _, images, _ in rows) * (cell + pad) + pad
-    canvas = Image.new("RGB", (max(width, 420), head + len(rows) * (cell + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), title, fill="black")
-    for r, (label, images, flags) in enumerate(rows):
-        y = head + pad + r * (cell + pad)
-        draw.text((4, y + cell // 2 - 6), label, fill="black")
-        for c, (image, flag) in enumerate(zip(images, flags)):
-            x = label_w + pad + c * (cell + pad)
-            canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
-            if flag:
-                draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(220, 0, 0), width=3)
-    atomic_write(path, lambda f: canvas.save(f, format="PNG"))

@@ -17,6 +17,7 @@ from torch import nn
 
 import checkpoint
 import evaluate
+import gan
 import generate
 import metrics
 import utils
@@ -510,7 +511,7 @@ def test_generate_a_seed_gives_its_image_whatever_else_is_asked(files, tmp_path,
 def test_generate_truncation_zero_gives_the_mean_latent_image(files, tmp_path):
     rows = run_main(generate, "--ckpt", files["reference"], files["retrained"], "--seeds", "0-3", "--trunc", 0,
                     "--device", "cpu", "--out", tmp_path)
-    assert [label for label, _, _ in rows] == [metrics.short_name(files["reference"]), metrics.short_name(files["retrained"])]
+    assert [label for label, _, _ in rows] == [gan.short_name(files["reference"]), gan.short_name(files["retrained"])]
     for _, tiles, _ in rows:  # ψ = 0: every seed maps to w_avg, and the noise is the fixed one
         assert all(np.array_equal(tile, tiles[0]) for tile in tiles)
     assert not np.array_equal(rows[0][1][0], rows[1][1][0])
