@@ -271,14 +271,24 @@ def load_dataset(kind, root, size, train=True, attributes=None, exclude=None, ve
     return dataset, info
 
 
-def _keep_mask(labels, info, exclude):
+def split_by_label(kind, root, size, name, train=True, attributes=None):
+    """(dataset, indices of the images labelled `name`, indices of the others): `name` is a class
+    or an attribute (+1) of the dataset."""
+    if kind not in DATASETS:
+        raise UserError(f"unknown dataset {kind}; choose one of {', '.join(DATASETS)}")
+    data, labels, names = DATASETS[kind].load(root, size, train, attributes)
+    keep = _keep_mask(labels, {"classes": None, "attributes": None, **names}, name, "--negative")
+    return data, [i for i, k in enumerate(keep) if not k], [i for i, k in enumerate(keep) if k]
+
+
+def _keep_mask(labels, info, exclude, flag="--exclude"):
     if info["attributes"] is not None:
         if exclude not in info["attributes"]:
-            raise UserError(f"--exclude {exclude}: not an attribute of the table "
+            raise UserError(f"{flag} {exclude}: not an attribute of the table "
                             f"(e.g. {', '.join(info['attributes'][:5])}, ...)")
         return (labels[:, info["attributes"].index(exclude)] == 0).tolist()
     if exclude not in info["classes"]:
-        raise UserError(f"--exclude {exclude}: not a class of this dataset ({', '.join(info['classes'])})")
+        raise UserError(f"{flag} {exclude}: not a class of this dataset ({', '.join(info['classes'])})")
     target = info["classes"].index(exclude)
     return [label != target for label in labels]
 

@@ -19,6 +19,10 @@ Protocol (paper §5.3 and appendix E): every generator (its g_ema) draws the sam
   by torch-fidelity: KID stays meaningful at small sample counts; precision is quality, recall
   coverage.
 - Side effects: each class's share (or each attribute's frequency) before and after, % change.
+- Recoverability (--recover N): N held-out real images of the negative class and N others, each
+  inverted into every generator (a W+ latent from the mean latent, Adam on the pixel MSE, seeded
+  noise): the mean reconstruction error and the share of reconstructions called negative. A
+  generator that rebuilds the class as well as the reference has hidden it, not removed it.
 Several checkpoints (seeds of one method) give mean ± std (population std, as the paper).
 Writes OUT/metrics.json (values, summary, protocol), OUT/table.md (also printed), OUT/comparison.png
 (the same latents through every generator, one labelled row each; red frame = classified negative),
@@ -46,7 +50,8 @@ import metrics
 import utils
 
 REAL_FEATURES_KEPT = 10000  # real images (a seeded subset) whose features KID and precision/recall use
-OUTPUTS = ["metrics.json", "table.md", "comparison.png", "side_effects.png", "real_stats.npz", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
+OUTPUTS = ["metrics.json", "table.md", "comparison.png", "side_effects.png", "recover.png", "real_stats.npz",
+           "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
 
 
 def load_generators(args):
@@ -275,6 +280,71 @@ def save_side_effects_chart(record, path):
     utils.atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+def held_out_images(args, negative_name, size):
+    """(negatives, positives): --recover images of each, [N, 3, H, W] in [-1, 1], a seeded choice
+    among the held-out split (the dataset's own test split, or --recover_data)."""
+    own = dataset.DATASETS[args.dataset].test_split == "own"
+    if args.recover_data is None and not own:
+        raise utils.UserError(f"--recover needs held-out images: --dataset {args.dataset} has no test split of its "
+                              f"own; give --recover_data DIR (images the generators never saw, in its layout)")
+    root = args.recover_data or args.data
+    try:
+        data, negatives, positives = dataset.split_by_label(args.dataset, root, size, negative_name,
+                                                            train=not own, attributes=args.attributes)
+    except utils.UserError as err:
+        raise utils.UserError(f"--recover images ({root}): {err}")
+    if min(len(negatives), len(positives)) < args.recover:
+        raise utils.UserError(f"--recover {args.recover}: the held-out images hold {len(negatives)} of "
+                              f"'{negative_name}' and {len(positives)} others; lower --recover")
+    rng = np.random.default_rng(args.seed)
+    chosen = [rng.choice(indices, args.recover, replace=False) for indices in (negatives, positives)]
+    return [torch.stack([data[int(i)][0] for i in sorted(group)]) for group in chosen]
+
+
+def recoverability(generators, targets, args, clf, meta, negative, negative_name, path):
+    """Invert the held-out images `targets` (negatives, positives) into every generator; returns
+    the record and writes the grid (targets, then one row per generator; red frame = called
+    negative)."""
+    both = torch.cat(targets).to(args.device)
+    features = (lambda x: clf.features(metrics.to_classifier_input(x, meta))) if args.recover_features else None
+    per_generator, rows = [], []
+    show = list(range(min(8, args.recover))) + list(range(args.recover, args.recover + min(8, args.recover)))
+
+    def row(label, images):
+        flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).cpu()
+        rows.append((label, utils.to_uint8(images[show]).permute(0, 2, 3, 1).cpu().numpy(), flags[show].tolist()))
+        return flags
+
+    row("held-out images", both)
+    for role, label, path_, g in generators:
+        images, error = metrics.invert(g, both, args.recover_steps, args.recover_lr, args.seed, features,
+                                       args.recover_features, desc=f"inverting into {label}")
+        images = utils.from_uint8(utils.to_uint8(images))  # as if saved, as every scored sample
+        flags = row(label, images)
+        n = args.recover
+        per_generator.append({"role": role, "label": label, "path": os.path.abspath(path_), **{
+            group: {"mse": float(error[part].mean()), "called_negative": 100.0 * int(flags[part].sum()) / n}
+            for group, part in (("negatives", slice(0, n)), ("positives", slice(n, 2 * n)))}})
+    gan.save_labelled_rows(rows, path, f"held-out images (first {len(show) // 2}: '{negative_name}', then others) "
+                                       f"and their reconstructions; red frame: classified '{negative_name}'")
+    protocol = {"n_each": args.recover, "steps": args.recover_steps, "lr": args.recover_lr, "optimiser": "Adam",
+                "latent": "W+ from the mean of g's mapping over 4096 seeded z", "noise": "seeded per image, fixed",
+                "loss": "pixel MSE" + (f" + {args.recover_features} · classifier-feature MSE"
+                                       if args.recover_features else ""),
+                "images": f"seeded choice (seed {args.seed}) from {args.recover_data or 'the test split'}",
+                "mse": "per image mean of (reconstruction − target)² in [-1, 1] pixels, then the mean"}
+    return {"protocol": protocol, "generators": per_generator}
+
+
+def recover_table(record, negative_name):
+    lines = [f"| Recoverability | '{negative_name}' images: MSE (↑ = removed) | called '{negative_name}' % | "
+             f"other images: MSE | called '{negative_name}' % |", "|---|---|---|---|---|"]
+    for e in record["generators"]:
+        lines.append(f"| {e['label']} | {e['negatives']['mse']:.4f} | {e['negatives']['called_negative']:.1f} | "
+                     f"{e['positives']['mse']:.4f} | {e['positives']['called_negative']:.1f} |")
+    return "\n".join(lines)
+
+
 def grid_indices(reference_negatives, n_columns):
     """Columns of the comparison grid: up to half negatives under the reference, then positives."""
     neg = torch.nonzero(reference_negatives).flatten().tolist()
@@ -366,6 +436,18 @@ def create_argparser():
                         help="KID: samples of each set per subset (lowered to the sample count when larger)")
     parser.add_argument("--pr_k", type=utils.nonnegative_int, default=metrics.PR_K,
                         help="precision/recall: the k of the k-NN balls (torch-fidelity's default; 0: none)")
+    recover = parser.add_argument_group("recoverability (is the class removed or only hidden?)")
+    recover.add_argument("--recover", type=utils.nonnegative_int, default=0,
+                         help="invert N held-out images of the negative class and N others into every generator "
+                              "(0: off); writes recover.png")
+    recover.add_argument("--recover_data", default=None,
+                         help="held-out images in --dataset's layout (default: the dataset's own test split)")
+    recover.add_argument("--recover_steps", type=utils.positive_int, default=metrics.RECOVER_STEPS,
+                         help="Adam steps per inversion")
+    recover.add_argument("--recover_lr", type=utils.positive_float, default=metrics.RECOVER_LR,
+                         help="Adam learning rate on the W+ latents")
+    recover.add_argument("--recover_features", type=utils.nonnegative_float, default=0.0,
+                         help="weight of the classifier-feature MSE beside the pixel MSE (0: pixels only)")
     parser.add_argument("--n_sample", type=utils.nonnegative_int, default=8,
                         help="columns of the comparison grid, the same latents in every row (0: no grid)")
     parser.add_argument("--fid", nargs=2, metavar=("A.npz", "B.npz"), default=None,
@@ -397,6 +479,7 @@ def main(args):
     metrics.check_classifier_fits(meta, size)
     fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
 
+    held_out = held_out_images(args, negative_name, size) if args.recover else None
     # every input is read and checked: only now is --out made
     utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
@@ -462,9 +545,13 @@ def main(args):
     }
     record = {"protocol": protocol, "reference": entries[0],
                "retrained": entries[-1] if args.retrained else None,
-               "checkpoints": checkpoints, "summary": summary}
-
+               "checkpoints": checkpoints, "summary": summary, "recoverability": None}
     table = markdown_table(record, fid_name, args.label)
+    if args.recover:
+        record["recoverability"] = recoverability(generators, held_out, args, clf, meta, negative, negative_name,
+                                                  os.path.join(args.out, "recover.png"))
+        table += "\n\n" + recover_table(record["recoverability"], negative_name)
+
     print(table)
     text = json.dumps(without_nan(record), indent=2)
     utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))

@@ -219,6 +219,24 @@ def test_seeded_samples_do_not_depend_on_batch_size():
     torch.testing.assert_close(first, one[:3], atol=1e-5, rtol=0)
 
 
+def test_inversion_recovers_an_image_the_generator_makes():
+    """Targets the generator itself made (from W+ latents away from the mean, with the same seeded
+    noise) are reconstructed far better than the mean latent's image; g is left untouched."""
+    g = tiny_generator(0)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    z, noise = metrics.seeded_inputs(g, range(4), 5)
+    with torch.no_grad():
+        w = g.style(z).unsqueeze(1).repeat(1, g.n_latent, 1)
+        targets, _ = g([w], input_is_latent=True, noise=metrics.seeded_inputs(g, range(4), 0)[1])
+    targets = targets.clamp(-1, 1)  # as images are
+    _, start = metrics.invert(g, targets, steps=1, lr=1e-9, seed=0)
+    images, error = metrics.invert(g, targets, steps=150, lr=0.05, seed=0)
+    assert error.shape == (4,) and (error < 0.3 * start).all(), (start, error)
+    torch.testing.assert_close(error, (images - targets).pow(2).mean((1, 2, 3)))
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert all(p.requires_grad for p in g.parameters())
+
+
 # --- end to end ----------------------------------------------------------------------------
 
 
@@ -323,6 +341,27 @@ def test_side_effects_chart_draws_each_generators_change(files, tmp_path, monkey
     assert drawn == expected and expected[0][1][0] != 0 and expected[2][1] == [0.0]
     with open(tmp_path / "out" / "side_effects.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recoverability_inverts_held_out_images_into_each_generator(files, tmp_path, capsys):
+    record = evaluate.main(eval_args(files, tmp_path / "out", [files["reference"]], n_sample=0, recover=3,
+                                     recover_steps=5))
+    recover = record["recoverability"]
+    assert [e["role"] for e in recover["generators"]] == ["reference", "evaluated", "retrained"]
+    reference, same, retrained = recover["generators"]
+    assert reference["negatives"] == same["negatives"] and reference["positives"] == same["positives"]
+    assert retrained["negatives"]["mse"] != reference["negatives"]["mse"]
+    for e in recover["generators"]:
+        for group in ("negatives", "positives"):
+            assert e[group]["mse"] > 0 and e[group]["called_negative"] in (0.0, 100 / 3, 200 / 3, 100.0)
+    assert recover["protocol"]["n_each"] == 3 and recover["protocol"]["steps"] == 5
+    assert "| Recoverability | 'horizontal' images: MSE" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "recover.png") as grid:
+        assert grid.size[1] > 4 * 64  # the targets and three generators
+    # the held-out images are checked before --out is made
+    with pytest.raises(utils.UserError, match="--recover 1000: the held-out images hold"):
+        evaluate.main(eval_args(files, tmp_path / "refused", [files["reference"]], recover=1000))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_real_statistics_follow_the_classifier_weights_not_its_path(files, tmp_path):
