@@ -68,20 +68,27 @@ def choose_mu(rows, reference_fid, limit=FID_LIMIT):
     return min(rows, key=lambda r: r["fid"])
 
 
-def mean_std(summary):
-    return "N/A" if summary is None else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
+def mean_std(summary, scale=1.0):
+    return "N/A" if summary is None else f"{summary['mean'] * scale:.2f} ± {summary['std'] * scale:.2f}"
+
+
+def number(value, scale=1.0):
+    return "N/A" if value is None else f"{value * scale:.2f}"
 
 
 def results_table(digit, evaluations):
-    """results.md's lines from [(label, metrics.json dict)] in table order: PUL, FID, Ret-FID and the
-    other digit whose share changed most (digits the pre-trained model never drew are left out)."""
+    """results.md's lines from [(label, metrics.json dict)] in table order: PUL, FID, Ret-FID, KID,
+    recall and the other digit whose share changed most (digits the pre-trained model never drew
+    are left out)."""
     first = evaluations[0][1]
     ref = first["reference"]
     lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_eval']} latents (seed 1), classifier-feature FID on "
              f"{first['protocol']['fid']['n_fid']}; pre-trained: {ref['negatives']} negatives, FID {ref['fid']:.2f}.",
-             "", "| Method | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | largest other change |",
-             "|---|---|---|---|---|---|",
-             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | – |"]
+             "", "| Method | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | KID ×10³ (↓) | recall (↑) "
+                 "| largest other change |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | {number(ref.get('kid'), 1e3)} "
+             f"| {number(ref.get('recall'))} | – |"]
     for label, metrics in evaluations:
         summary = metrics["summary"]
         others = {c: v for c, v in summary["side_effects"].items() if c != str(digit) and v is not None}
@@ -89,7 +96,8 @@ def results_table(digit, evaluations):
         change = f"{worst}: {others[worst]['mean']:+.1f}%" if worst else "–"
         ratio = summary["fid"]["mean"] / ref["fid"]
         lines.append(f"| {label} | {mean_std(summary['pul'])} | {mean_std(summary['fid'])} | {ratio:.2f}× | "
-                     f"{mean_std(summary['ret_fid'])} | {change} |")
+                     f"{mean_std(summary['ret_fid'])} | {mean_std(summary.get('kid'), 1e3)} | "
+                     f"{mean_std(summary.get('recall'))} | {change} |")
     return lines
 
 

@@ -10,10 +10,12 @@ import time
 import contextlib
 
 import pytest
+from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import mnist_cpu  # noqa: E402
+import mnist_curated  # noqa: E402
 import stages  # noqa: E402
 import utils  # noqa: E402
 
@@ -44,20 +46,21 @@ def metrics(i, ret_fid=True):
     side_effects = {str(c): stat(float(c - i)) for c in range(10)}
     side_effects["3"] = None  # the pre-trained model drew no 3
     return {"protocol": {"pul": {"n_eval": 15000}, "fid": {"n_fid": 5000}},
-            "reference": {"negatives": 1101, "fid": 37.7, "ret_fid": 50.0},
+            "reference": {"negatives": 1101, "fid": 37.7, "ret_fid": 50.0, "kid": 0.0021, "recall": 0.5},
             "summary": {"pul": stat(10.0 + i), "fid": stat(40.0 + i), "ret_fid": stat(45.0 + i) if ret_fid else None,
-                        "side_effects": side_effects}}
+                        "kid": {"mean": 0.001 * i, "std": 0.0005, "n": 3}, "recall": stat(0.1 * i), "side_effects": side_effects}}
 
 
 def test_results_table_rows():
     lines = mnist_cpu.results_table(8, [("Retraining", metrics(0, ret_fid=False)), ("EL2 repulsion", metrics(9))])
     assert lines[0].startswith("Digit 8: PUL on 15000 latents (seed 1), classifier-feature FID on 5000; "
                                "pre-trained: 1101 negatives, FID 37.70.")
-    assert lines[4] == "| pre-trained | – | 37.70 | 1.00× | 50.00 | – |"
+    assert lines[4] == "| pre-trained | – | 37.70 | 1.00× | 50.00 | 2.10 | 0.50 | – |"
     # the retrained model has no Ret-FID against itself; its largest other change is 9's (+9)
-    assert lines[5] == "| Retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | 1.06× | N/A | 9: +9.0% |"
+    assert lines[5] == "| Retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | 1.06× | N/A | 0.00 ± 0.50 | 0.00 ± 0.50 | 9: +9.0% |"
     # for i = 9 the largest |c − 9| among the digits but 8 (the negative) and 3 (never drawn) is 0's
-    assert lines[6] == "| EL2 repulsion | 19.00 ± 0.50 | 49.00 ± 0.50 | 1.30× | 54.00 ± 0.50 | 0: -9.0% |"
+    assert lines[6] == ("| EL2 repulsion | 19.00 ± 0.50 | 49.00 ± 0.50 | 1.30× | 54.00 ± 0.50 | 9.00 ± 0.50 "
+                        "| 0.90 ± 0.50 | 0: -9.0% |")
 
 
 def run(argv, capsys=None):
@@ -191,3 +194,35 @@ def test_the_grid_chooses_by_its_rules_and_writes_grid_md(tmp_path, fake_stages,
     # Stage 1 at the chosen λ is the digit's Stage 1 (where the run at the defaults finds it)
     stage1 = [name for name in fake_stages["ran"] if name == "stage1 adapt"]
     assert stage1 == ["stage1 adapt"] and (out / "digit4" / "adapt" / "adapted_4.pt").exists()
+
+
+def test_curated_driver_writes_the_folders_and_compares_the_two_feedbacks(tmp_path, monkeypatch):
+    """experiments/mnist_curated.py: the training images split into the digit's folder and the
+    rest, Stage 1 on the folders, Stage 2 EL2, both runs scored, curated.md with both rows."""
+    digits = [(Image.new("L", (28, 28), 10 * label), label) for label in (4, 1, 4, 7)]
+    monkeypatch.setattr(mnist_curated.dataset, "_load_mnist", lambda root, train: digits)
+    ran = []
+
+    def run_command(stage):
+        ran.append(stage)
+        os.makedirs(os.path.dirname(stage.done), exist_ok=True)
+        pul = 80.0 if "eval_generated" in stage.done else 90.0
+        run = {"pul": pul, "fid": 20.0, "ret_fid": 5.0, "kid": 0.0012, "precision": 0.7, "recall": 0.6,
+               "negatives": 100}
+        with open(stage.done, "w") as f:
+            f.write(json.dumps({"checkpoints": [run]}) if stage.done.endswith(".json") else "")
+        return 0
+
+    monkeypatch.setattr(stages, "run_command", run_command)
+    out = tmp_path / "out"
+    mnist_curated.main(mnist_curated.create_argparser().parse_args(
+        ["--digit", "4", "--data", str(tmp_path / "mnist"), "--out", str(out)]))
+    images = out / "digit4" / "curated" / "images"
+    assert sorted(os.listdir(images / "negatives")) == ["00000.png", "00002.png"]
+    assert sorted(os.listdir(images / "positives")) == ["00001.png", "00003.png"]
+    stage1 = ran[0].command()
+    assert "negative_adapt.py" in stage1[1] and stage1[stage1.index("--negatives") + 1] == str(images / "negatives")
+    assert ["unlearn.py" in s.script for s in ran] == [False, True, False, False]
+    lines = (out / "digit4" / "curated" / "curated.md").read_text().splitlines()
+    assert lines[4] == "| curated (real training images) | 90.00 | 20.00 | 5.00 | 1.20 | 0.70 | 0.60 | 100 |"
+    assert lines[5].startswith("| generated (samples the oracle marked) | 80.00 |")
