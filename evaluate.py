@@ -215,19 +215,22 @@ def fmt_summary(stat):
 
 
 def quality_cells(values):
-    """The table's KID ×10³, precision and recall cells of one row (a mean ± std dict or a value)."""
-    def cell(value, scale=1.0):
-        if isinstance(value, dict):
-            return fmt(value["mean"] * scale, value["std"] * scale)
-        return fmt(None if value is None else value * scale)
-    return f"{cell(values.get('kid'), 1e3)} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
+    """The table's KID, precision and recall cells of one row (a mean ± std dict or a value)."""
+    kid = values.get("kid")
+    if isinstance(kid, dict):
+        kid = f"{kid['mean']:.4g} ± {kid['std']:.2g}"
+    kid = "N/A" if kid is None else kid if isinstance(kid, str) else f"{kid:.4g}"
+
+    def cell(value):
+        return fmt_summary(value) if isinstance(value, dict) else fmt(value)
+    return f"{kid} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
 
 
 def markdown_table(record, fid_name, label):
     """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, with KID and precision/recall
     beside them, then per checkpoint, then the side effects (appendix E)."""
     summary = record["summary"]
-    head = f"PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | KID ×10³ (↓) | precision (↑) | recall (↑)"
+    head = f"PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | KID (↓) | precision (↑) | recall (↑)"
     lines = [f"| Method | {head} |", "|---|---|---|---|---|---|---|"]
     for entry in [record["reference"], record.get("retrained")]:
         if entry:
@@ -318,7 +321,7 @@ def recoverability(generators, targets, args, clf, meta, negative, negative_name
     row("held-out images", both)
     for role, label, path_, g in generators:
         images, error = metrics.invert(g, both, args.recover_steps, args.recover_lr, args.seed, features,
-                                       args.recover_features, desc=f"inverting into {label}")
+                                       args.recover_features, f"inverting into {label}", args.recover_latent == "w+")
         images = utils.from_uint8(utils.to_uint8(images))  # as if saved, as every scored sample
         flags = row(label, images)
         n = args.recover
@@ -328,7 +331,7 @@ def recoverability(generators, targets, args, clf, meta, negative, negative_name
     gan.save_labelled_rows(rows, path, f"held-out images (first {len(show) // 2}: '{negative_name}', then others) "
                                        f"and their reconstructions; red frame: classified '{negative_name}'")
     protocol = {"n_each": args.recover, "steps": args.recover_steps, "lr": args.recover_lr, "optimiser": "Adam",
-                "latent": "W+ from the mean of g's mapping over 4096 seeded z", "noise": "seeded per image, fixed",
+                "latent": f"{args.recover_latent.upper()} from the mean of g's mapping over 4096 seeded z", "noise": "seeded per image, fixed",
                 "loss": "pixel MSE" + (f" + {args.recover_features} · classifier-feature MSE"
                                        if args.recover_features else ""),
                 "images": f"seeded choice (seed {args.seed}) from {args.recover_data or 'the test split'}",
@@ -442,6 +445,9 @@ def create_argparser():
                               "(0: off); writes recover.png")
     recover.add_argument("--recover_data", default=None,
                          help="held-out images in --dataset's layout (default: the dataset's own test split)")
+    recover.add_argument("--recover_latent", choices=["w+", "w"], default="w+",
+                         help="w+: one latent per layer (reconstructs almost anything at small sizes); w: one "
+                              "latent for every layer (only what the generator can draw)")
     recover.add_argument("--recover_steps", type=utils.positive_int, default=metrics.RECOVER_STEPS,
                          help="Adam steps per inversion")
     recover.add_argument("--recover_lr", type=utils.positive_float, default=metrics.RECOVER_LR,

@@ -352,8 +352,10 @@ def mean_std(values):
 RECOVER_STEPS, RECOVER_LR, RECOVER_MEAN_SAMPLES = 100, 0.1, 4096
 
 
-def invert(g, targets, steps=RECOVER_STEPS, lr=RECOVER_LR, seed=0, features=None, feature_weight=0.0, desc=None):
-    """Reconstructions of `targets` ([N, 3, H, W] in [-1, 1]) by `g`: one W+ latent per image,
+def invert(g, targets, steps=RECOVER_STEPS, lr=RECOVER_LR, seed=0, features=None, feature_weight=0.0, desc=None,
+           w_plus=True):
+    """Reconstructions of `targets` ([N, 3, H, W] in [-1, 1]) by `g`: one W+ latent per image (or
+    one W latent shared by every layer: far less freedom to draw what g does not make),
     from g's mean latent (over RECOVER_MEAN_SAMPLES seeded z), Adam at `lr` for `steps` steps on
     the pixel MSE (+ feature_weight · the MSE of `features(images)`), the noise maps fixed per image
     by `seed`; g's weights stay as they are. Returns (reconstructions, per-image pixel MSE)."""
@@ -361,7 +363,7 @@ def invert(g, targets, steps=RECOVER_STEPS, lr=RECOVER_LR, seed=0, features=None
     z = torch.randn(RECOVER_MEAN_SAMPLES, g.style_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         mean_w = g.style(z.to(device)).mean(0)
-    w = mean_w.repeat(len(targets), g.n_latent, 1).requires_grad_(True)
+    w = mean_w.repeat(len(targets), g.n_latent if w_plus else 1, 1).requires_grad_(True)
     _, noise = seeded_inputs(g, range(len(targets)), seed)
     noise = [maps.to(device) for maps in noise] or None
     target_features = features(targets).detach() if feature_weight else None
@@ -371,7 +373,7 @@ def invert(g, targets, steps=RECOVER_STEPS, lr=RECOVER_LR, seed=0, features=None
         p.requires_grad_(False)
     try:
         for _ in tqdm(range(steps), desc=desc, disable=desc is None, leave=False):
-            images, _ = g([w], input_is_latent=True, noise=noise)
+            images, _ = g([w.expand(-1, g.n_latent, -1)], input_is_latent=True, noise=noise)
             loss = (images - targets).pow(2).mean((1, 2, 3))
             if feature_weight:
                 loss = loss + feature_weight * (features(images) - target_features).pow(2).mean(1)
@@ -379,7 +381,7 @@ def invert(g, targets, steps=RECOVER_STEPS, lr=RECOVER_LR, seed=0, features=None
             loss.sum().backward()
             optimiser.step()
         with torch.no_grad():
-            images, _ = g([w], input_is_latent=True, noise=noise)
+            images, _ = g([w.expand(-1, g.n_latent, -1)], input_is_latent=True, noise=noise)
     finally:
         for p in trainable:
             p.requires_grad_(True)

@@ -68,12 +68,19 @@ def choose_mu(rows, reference_fid, limit=FID_LIMIT):
     return min(rows, key=lambda r: r["fid"])
 
 
-def mean_std(summary, scale=1.0):
-    return "N/A" if summary is None else f"{summary['mean'] * scale:.2f} ± {summary['std'] * scale:.2f}"
+def mean_std(summary):
+    return "N/A" if summary is None else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
 
 
-def number(value, scale=1.0):
-    return "N/A" if value is None else f"{value * scale:.2f}"
+def kid(value):
+    """KID to 4 significant digits: its scale is the features' (about 1e-3 for Inception's)."""
+    if isinstance(value, dict):
+        return f"{value['mean']:.4g} ± {value['std']:.2g}"
+    return "N/A" if value is None else f"{value:.4g}"
+
+
+def number(value):
+    return "N/A" if value is None else f"{value:.2f}"
 
 
 def results_table(digit, evaluations):
@@ -84,10 +91,10 @@ def results_table(digit, evaluations):
     ref = first["reference"]
     lines = [f"Digit {digit}: PUL on {first['protocol']['pul']['n_eval']} latents (seed 1), classifier-feature FID on "
              f"{first['protocol']['fid']['n_fid']}; pre-trained: {ref['negatives']} negatives, FID {ref['fid']:.2f}.",
-             "", "| Method | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | KID ×10³ (↓) | recall (↑) "
+             "", "| Method | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | KID (↓) | recall (↑) "
                  "| largest other change |",
              "|---|---|---|---|---|---|---|---|",
-             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | {number(ref.get('kid'), 1e3)} "
+             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | {kid(ref.get('kid'))} "
              f"| {number(ref.get('recall'))} | – |"]
     for label, metrics in evaluations:
         summary = metrics["summary"]
@@ -96,7 +103,7 @@ def results_table(digit, evaluations):
         change = f"{worst}: {others[worst]['mean']:+.1f}%" if worst else "–"
         ratio = summary["fid"]["mean"] / ref["fid"]
         lines.append(f"| {label} | {mean_std(summary['pul'])} | {mean_std(summary['fid'])} | {ratio:.2f}× | "
-                     f"{mean_std(summary['ret_fid'])} | {mean_std(summary.get('kid'), 1e3)} | "
+                     f"{mean_std(summary['ret_fid'])} | {kid(summary.get('kid'))} | "
                      f"{mean_std(summary.get('recall'))} | {change} |")
     return lines
 

@@ -41,9 +41,8 @@ def write_digit_folders(data, digit, out):
 def row(label, metrics_path):
     """One table row from an evaluation of one checkpoint."""
     (run,) = json.load(open(metrics_path))["checkpoints"]
-    cells = ["N/A" if run.get(key) is None else f"{run[key] * scale:.2f}"
-             for key, scale in (("pul", 1), ("fid", 1), ("ret_fid", 1), ("kid", 1e3), ("precision", 1),
-                                ("recall", 1))]
+    cells = ["N/A" if run.get(key) is None else f"{run[key]:.4g}" if key == "kid" else f"{run[key]:.2f}"
+             for key in ("pul", "fid", "ret_fid", "kid", "precision", "recall")]
     return f"| {label} | {' | '.join(cells)} | {run['negatives']} |"
 
 
@@ -86,7 +85,7 @@ def main(args):
     if args.dry_run:
         return
     lines = [f"# Curated against generated feedback, digit {args.digit}, EL2, Stage-2 seed {args.seed}", "",
-             "| feedback | PUL (↑) | FID (↓) | Ret-FID (↓) | KID ×10³ (↓) | precision (↑) | recall (↑) | negatives |",
+             "| feedback | PUL (↑) | FID (↓) | Ret-FID (↓) | KID (↓) | precision (↑) | recall (↑) | negatives |",
              "|---|---|---|---|---|---|---|---|",
              row("curated (real training images)", os.path.join(curated, "eval", "metrics.json")),
              row("generated (samples the oracle marked)", os.path.join(curated, "eval_generated", "metrics.json"))]

@@ -55,11 +55,11 @@ def test_results_table_rows():
     lines = mnist_cpu.results_table(8, [("Retraining", metrics(0, ret_fid=False)), ("EL2 repulsion", metrics(9))])
     assert lines[0].startswith("Digit 8: PUL on 15000 latents (seed 1), classifier-feature FID on 5000; "
                                "pre-trained: 1101 negatives, FID 37.70.")
-    assert lines[4] == "| pre-trained | – | 37.70 | 1.00× | 50.00 | 2.10 | 0.50 | – |"
+    assert lines[4] == "| pre-trained | – | 37.70 | 1.00× | 50.00 | 0.0021 | 0.50 | – |"
     # the retrained model has no Ret-FID against itself; its largest other change is 9's (+9)
-    assert lines[5] == "| Retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | 1.06× | N/A | 0.00 ± 0.50 | 0.00 ± 0.50 | 9: +9.0% |"
+    assert lines[5] == "| Retraining | 10.00 ± 0.50 | 40.00 ± 0.50 | 1.06× | N/A | 0 ± 0.0005 | 0.00 ± 0.50 | 9: +9.0% |"
     # for i = 9 the largest |c − 9| among the digits but 8 (the negative) and 3 (never drawn) is 0's
-    assert lines[6] == ("| EL2 repulsion | 19.00 ± 0.50 | 49.00 ± 0.50 | 1.30× | 54.00 ± 0.50 | 9.00 ± 0.50 "
+    assert lines[6] == ("| EL2 repulsion | 19.00 ± 0.50 | 49.00 ± 0.50 | 1.30× | 54.00 ± 0.50 | 0.009 ± 0.0005 "
                         "| 0.90 ± 0.50 | 0: -9.0% |")
 
 
@@ -224,5 +224,5 @@ def test_curated_driver_writes_the_folders_and_compares_the_two_feedbacks(tmp_pa
     assert "negative_adapt.py" in stage1[1] and stage1[stage1.index("--negatives") + 1] == str(images / "negatives")
     assert ["unlearn.py" in s.script for s in ran] == [False, True, False, False]
     lines = (out / "digit4" / "curated" / "curated.md").read_text().splitlines()
-    assert lines[4] == "| curated (real training images) | 90.00 | 20.00 | 5.00 | 1.20 | 0.70 | 0.60 | 100 |"
+    assert lines[4] == "| curated (real training images) | 90.00 | 20.00 | 5.00 | 0.0012 | 0.70 | 0.60 | 100 |"
     assert lines[5].startswith("| generated (samples the oracle marked) | 80.00 |")
