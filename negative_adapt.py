@@ -382,8 +382,9 @@ def main(args):
         gan.save_samples(nets["g_ema"], sample_z.to(device), os.path.join(args.out, f"adapted_{j}.png"))
         line = f"wrote {path} (EMA pull toward θ_G: s = {pull:.3f})"
         if share is not None:
-            line += f"; {share:.1f}% of {args.n_eval} samples are '{oracle[3]}' (the pre-trained model: " \
-                    f"{100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
+            line += f"; {share:.1f}% of {args.n_eval} samples are '{oracle[3]}'"
+            if args.negatives is None:  # the pool is the pre-trained model's samples
+                line += f" (the pre-trained model: {100.0 * float(negative.float().mean()):.1f}% of the feedback pool)"
         print(line)
     if args.report_shift:
         report_shift(args, pretrained, negatives, model_args, ckpt.get("mean_path_length", 0.0), theta_g, device)
