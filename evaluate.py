@@ -58,7 +58,7 @@ def load_generators(args):
     """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
     --retrained; all must draw the same latents (same style_dim) at the same size."""
     entries = [("reference", "pre-trained (reference)", args.reference)]
-    entries += [("evaluated", gan.short_name(path), path) for path in args.ckpt]
+    entries += [("evaluated", label, path) for label, path in zip(gan.short_names(args.ckpt), args.ckpt)]
     if args.retrained:
         entries.append(("retrained", "retraining", args.retrained))
     generators = []

@@ -352,10 +352,20 @@ def save_image_grid(images, path, nrow=8):
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
-def short_name(path):
+def short_name(path, depth=2):
     """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
     parts = os.path.normpath(path).split(os.sep)
-    return os.path.join(*parts[-2:]) if len(parts) > 1 else parts[0]
+    return os.path.join(*parts[-depth:]) if len(parts) > 1 else parts[0]
+
+
+def short_names(paths):
+    """short_name of each path, with as many folders as it takes for different files to differ
+    (el2/s0/unlearned.pt and finetune/s0/unlearned.pt, not s0/unlearned.pt twice)."""
+    for depth in range(2, max(len(os.path.normpath(p).split(os.sep)) for p in paths) + 1):
+        names = [short_name(p, depth) for p in paths]
+        if len(set(names)) == len({os.path.abspath(p) for p in paths}):
+            return names
+    return [os.path.abspath(p) for p in paths]
 
 
 def save_labelled_rows(rows, path, title):

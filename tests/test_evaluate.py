@@ -580,3 +580,10 @@ def test_generate_user_errors(files, tmp_path):
         assert words in cli_error(generate, "--ckpt", files["reference"], *flags, "--out", tmp_path / "x")
     assert "is a classifier checkpoint" in cli_error(generate, "--ckpt", files["classifier"], "--out", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_short_names_tell_different_files_apart():
+    paths = ["runs/el2/s0/unlearned.pt", "runs/finetune/s0/unlearned.pt", "runs/el2/s1/unlearned.pt"]
+    assert gan.short_names(paths) == ["el2/s0/unlearned.pt", "finetune/s0/unlearned.pt", "el2/s1/unlearned.pt"]
+    assert gan.short_names(["a/s0/x.pt", "b/s1/x.pt"]) == ["s0/x.pt", "s1/x.pt"]
+    assert gan.short_names(["a/s0/x.pt", "a/s0/x.pt"]) == ["s0/x.pt", "s0/x.pt"]  # one file twice
