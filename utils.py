@@ -53,12 +53,16 @@ def run_cli(main, args):
     """Call `main(args)` after checking `args.device` (when the script has one); a UserError
     ends the process with a one-line message and status 2, Ctrl-C with one line and status 130."""
     command = " ".join(["python"] + sys.argv + ["--resume"] * ("--resume" not in sys.argv))
-    interrupted = "interrupted: the files written so far are whole" + \
-        (f"; continue with: {command}" if hasattr(args, "resume") else "")
+    def interrupted():  # a trainer names its newest checkpoint: the one --resume continues
+        out = str(getattr(args, "out", None) or "") if hasattr(args, "resume") else ""
+        newest = max(glob.glob(os.path.join(glob.escape(out), "**", "*.pt"), recursive=True) if out else [],
+                     key=lambda p: os.path.getmtime(p) if os.path.isfile(p) else 0, default=None)
+        return "interrupted: the files written so far are whole" + (f"; newest checkpoint {newest}" if newest else
+                                                                   "") + (f"; continue with: {command}" * bool(out))
 
     def on_sigint(signum, frame):
         if on_sigint.seen:  # the first KeyboardInterrupt was swallowed (e.g. raised inside a __del__)
-            print(f"\n{interrupted}", file=sys.stderr, flush=True)
+            print(f"\n{interrupted()}", file=sys.stderr, flush=True)
             os._exit(130)
         on_sigint.seen = True
         raise KeyboardInterrupt
@@ -70,7 +74,7 @@ def run_cli(main, args):
             check_device(args.device)
         return main(args)
     except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)
+        print(f"\n{interrupted()}", file=sys.stderr)
         sys.exit(130)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and "memory" not in str(err) and "alloc" not in str(err):
@@ -122,8 +126,7 @@ def set_rng_state(state):
 
 
 def prepare_out_dir(out):
-    """Create `out` and fail early (not after an hour of training) when it is not writable.
-    Temporary files that a killed run left (atomic_write's `.NAME.*.tmp`) are removed."""
+    """Create `out`, failing now (not after an hour) if it is not writable; remove a killed run's temporary files."""
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out):
@@ -199,7 +202,6 @@ def write_args_json(out, args, name="args.json"):
     record = {"args": vars(args), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     text = json.dumps(record, indent=2, default=str)
     atomic_write(os.path.join(out, name), lambda f: f.write(text.encode()))
-
 
 
 # --------------------------------------------------------------------------------------------
