@@ -263,7 +263,7 @@ def save_side_effects_chart(record, path):
     if not names or not bars:
         return
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) * len(bars) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 0.3 * len(names) * len(bars) + 2)), 4.0))
     for i, e in enumerate(bars):
         changes = [e["side_effects"][name]["change"] for name in names]  # NaN: absent under the reference
         ax.bar(np.arange(len(names)) + (i - (len(bars) - 1) / 2) * width, changes, width, label=e["label"])
