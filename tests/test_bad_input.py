@@ -29,14 +29,22 @@ def files(tmp_path_factory):
     gan, clf = str(root / "gan" / "pretrained.pt"), str(root / "clf" / "classifier.pt")
     run_main(negative_adapt, "--ckpt", gan, "--n_feedback", 8, "--marked", 0, 1, 2, "--n_models", 1, "--iter", 1,
              "--fisher_samples", 4, "--batch", 4, "--n_sample", 4, "--out", root / "adapt")
+    # another generator of the same architecture, with its own feedback and adapted model, and
+    # one of another size
+    run_main(train_stylegan2, *TINY, "--iter", 1, "--seed", 1, "--out", root / "gan_b")
+    run_main(negative_adapt, "--ckpt", root / "gan_b" / "pretrained.pt", "--n_feedback", 8, "--marked", 0, 1, 2,
+             "--n_models", 1, "--iter", 1, "--fisher_samples", 4, "--batch", 4, "--n_sample", 4, "--out", root / "adapt_b")
+    run_main(train_stylegan2, *TINY, "--size", 16, "--iter", 1, "--out", root / "gan16")
     real = open(gan, "rb").read()
     bad = {"missing": str(root / "no_such.pt"), "a folder": str(root / "gan"), "empty": str(root / "empty.pt"),
            "truncated": str(root / "truncated.pt"), "not a checkpoint": str(root / "garbage.pt")}
     open(bad["empty"], "wb").close()
     open(bad["truncated"], "wb").write(real[:len(real) // 2])
     open(bad["not a checkpoint"], "wb").write(b"this is not a checkpoint\n" * 10)
+    other = {"feedback": str(root / "adapt_b" / "feedback.pt"), "adapted": str(root / "adapt_b" / "adapted_0.pt"),
+             "gan16": str(root / "gan16" / "pretrained.pt")}
     return {"root": root, "gan": gan, "clf": clf, "feedback": str(root / "adapt" / "feedback.pt"),
-            "adapted": str(root / "adapt" / "adapted_0.pt"), "bad": bad}
+            "adapted": str(root / "adapt" / "adapted_0.pt"), "bad": bad, "other": other}
 
 
 WORDS = {"missing": "no such file", "a folder": "is a folder", "empty": "not a readable PyTorch checkpoint",
@@ -97,6 +105,24 @@ def test_a_bad_file_in_any_path_flag(files, slot, problem, tmp_path, monkeypatch
     words = f"but a {kind} checkpoint is expected" if problem == "another kind" else WORDS[problem]
     assert path in line and words in line, line
     assert not out.exists()
+
+
+# a real file of the right kind that belongs to another generator: slot -> (file, words)
+ANOTHER_GENERATOR = {4: ("feedback", "was made from another generator"),
+                     5: ("adapted", "was adapted from another generator"),
+                     7: ("adapted", "was adapted from another generator"),
+                     8: ("gan16", "the same latents cannot be compared"),
+                     10: ("gan16", "the same latents cannot be compared")}
+
+
+@pytest.mark.parametrize("slot", list(ANOTHER_GENERATOR))
+def test_another_generators_file_in_a_path_flag(files, slot, tmp_path):
+    script, args, _ = slots(files)[slot]
+    which, words = ANOTHER_GENERATOR[slot]
+    path = files["other"][which]
+    line = cli_error(script, *[path if a == "{}" else a for a in args], "--out", tmp_path / "out")
+    assert path in line and words in line, line
+    assert not (tmp_path / "out").exists()
 
 
 def image_folder(root, kind):
