@@ -30,26 +30,18 @@ OUT/side_effects.png (the % change of every other class or attribute, grouped ba
 and OUT/real_stats.npz (or --real_stats), plus OUT/args.json.
 """
 
-import hashlib
-import io
 import json
 import os
-import sys
 
-import matplotlib
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
 
 import checkpoint
 import dataset
-import gan
 import metrics
+import report
+import scoring
 import utils
 
-REAL_FEATURES_KEPT = 10000  # real images (a seeded subset) whose features KID and precision/recall use
 OUTPUTS = ["metrics.json", "table.md", "comparison.png", "side_effects.png", "recover.png", "real_stats.npz",
            "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
 
@@ -58,7 +50,7 @@ def load_generators(args):
     """[(role, label, path, g_ema)], reference first, then the evaluated checkpoints, then
     --retrained; all must draw the same latents (same style_dim) at the same size."""
     entries = [("reference", "pre-trained (reference)", args.reference)]
-    entries += [("evaluated", label, path) for label, path in zip(gan.short_names(args.ckpt), args.ckpt)]
+    entries += [("evaluated", label, path) for label, path in zip(report.short_names(args.ckpt), args.ckpt)]
     if args.retrained:
         entries.append(("retrained", "retraining", args.retrained))
     generators = []
@@ -85,311 +77,6 @@ def feature_space(args, clf, meta):
             "note": "classifier-feature FID: not the Inception FID, not comparable to published FIDs"}
     net, info = metrics.load_fid_inception(args.inception, args.device)
     return "FID", lambda images: metrics.inception_features(net, images), info
-
-
-def generator_pass(g, args, clf, meta, negative, features, desc):
-    """One pass over the seeded samples: classifier decisions on the first --n_eval, features on
-    the first --n_fid. Returns counts per class/attribute, the negative mask, (mu, sigma) and the
-    features themselves (float32, for KID and precision/recall)."""
-    n_total = max(args.n_eval, args.n_fid)
-    negatives, counts, feats = [], 0, []
-    done = 0
-    for _, images in metrics.generate_images(g, n_total, args.seed, args.batch, args.device, desc=desc):
-        images = utils.from_uint8(utils.to_uint8(images))  # as if saved
-        take = min(len(images), max(0, args.n_eval - done))
-        if take:
-            logits = metrics.classify(clf, meta, images[:take])
-            negatives.append(metrics.negative_mask(logits, meta, negative).cpu())
-            counts = counts + metrics.label_counts(logits, meta)
-        take_fid = min(len(images), max(0, args.n_fid - done))
-        if take_fid:
-            feats.append(features(images[:take_fid]))
-        done += len(images)
-    result = {"negative_mask": torch.cat(negatives), "counts": counts.tolist(), "stats": None, "features": None}
-    if feats:
-        feats = torch.cat(feats)
-        result["stats"], result["features"] = metrics.feature_statistics(feats, desc), feats.float()
-    return result
-
-
-def pass_cache_key(args, negative, fid_info):
-    """Every input of a generator pass but the generator: file hashes, not paths, so a moved run
-    folder still hits; the thread count too, since it changes the summation order and so may flip
-    a borderline sample. None without --cache."""
-    if not args.cache:
-        return None
-    return {"format": 2, "classifier_sha256": metrics.file_sha256(args.classifier), "negative": negative,
-            "features": fid_info.get("feature_extractor"), "features_sha256": fid_info.get("weights_sha256"),
-            "seed": args.seed, "n_eval": args.n_eval, "n_fid": args.n_fid, "batch": args.batch,
-            "device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-def cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, desc):
-    """generator_pass, kept in --cache under `cache_key` plus the generator file's hash: a pipeline
-    scores the pre-trained and the retrained model in every call, and each pass over 15,000
-    samples is most of a call's time on a CPU."""
-    if cache_key is None:
-        return generator_pass(g, args, clf, meta, negative, features, desc)
-    key_text = json.dumps({**cache_key, "generator_sha256": metrics.file_sha256(path)}, sort_keys=True)
-    file = os.path.join(args.cache, hashlib.sha256(key_text.encode()).hexdigest()[:24] + ".npz")
-    if os.path.isfile(file):
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                if str(data["key"]) == key_text:
-                    stats = (data["mu"], data["sigma"]) if "mu" in data.files else None
-                    feats = torch.from_numpy(data["features"]) if "features" in data.files else None
-                    return {"negative_mask": torch.from_numpy(data["negative_mask"]),
-                            "counts": data["counts"].tolist(), "stats": stats, "features": feats}
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # unreadable or foreign: computed again and replaced below
-    result = generator_pass(g, args, clf, meta, negative, features, desc)
-    arrays = {"key": np.asarray(key_text), "negative_mask": result["negative_mask"].numpy(),
-              "counts": np.asarray(result["counts"], dtype=np.int64)}
-    if result["stats"] is not None:
-        arrays.update(mu=np.asarray(result["stats"][0]), sigma=np.asarray(result["stats"][1]),
-                      features=result["features"].numpy())
-    os.makedirs(args.cache, exist_ok=True)
-    utils.atomic_write(file, lambda f: np.savez(f, **arrays))
-    return result
-
-
-def real_statistics(args, features, fid_info, negative_name, size):
-    """(mu, sigma, features of a seeded subset of REAL_FEATURES_KEPT images or None, reference-set
-    info): from --real_stats when that file exists, else from the real data without the negative
-    class/feature (saved to --real_stats or OUT/real_stats.npz)."""
-    split = args.real_split or ("test" if dataset.DATASETS[args.dataset].test_split == "own" else "train")
-    info = {"dataset": args.dataset, "data": dataset.data_source(args.dataset, args.data),
-            "split": split, "excluded": negative_name, "size": size}
-    stamp = {"features": fid_info["feature_extractor"], "weights_sha256": fid_info.get("weights_sha256", ""),
-             "size": size, "excluded": negative_name}
-    if args.real_stats and os.path.isfile(args.real_stats):
-        mu, sigma, fields = metrics.load_statistics(args.real_stats)
-        for key in stamp:  # a file made for another feature space, resolution or excluded class
-            if key in fields and fields[key] != str(stamp[key]):
-                raise utils.UserError(f"--real_stats {args.real_stats} was made with {key} {fields[key]!r}, this run "
-                                      f"uses {stamp[key]!r}: delete it or point --real_stats elsewhere")
-        info.update(statistics_file=os.path.abspath(args.real_stats), loaded_from_file=True,
-                    n_images=int(fields["n_images"]) if "n_images" in fields else None)
-        kept = metrics.load_features(args.real_stats)
-        if kept is None:
-            print(f"note: {args.real_stats} keeps no features (an older file): no KID or precision/recall; "
-                  f"delete it to have them", file=sys.stderr)
-        return mu, sigma, kept, info
-    try:
-        images, data_info = dataset.load_dataset(args.dataset, args.data, size, train=split == "train",
-                                                attributes=args.attributes, exclude=negative_name, verbose=False)
-    except utils.UserError as err:
-        raise utils.UserError(f"real reference set (--dataset {args.dataset} --data {args.data}): {err}")
-    if args.n_real is not None and args.n_real < len(images):
-        images = torch.utils.data.Subset(images, range(args.n_real))
-    loader = torch.utils.data.DataLoader(images, batch_size=args.batch, shuffle=False, num_workers=args.workers)
-    feats = torch.cat([features(batch) for batch, _ in tqdm(loader, desc="real data", leave=False)])
-    mu, sigma = metrics.feature_statistics(feats, "real data")
-    kept = feats[np.random.default_rng(0).permutation(len(feats))[:REAL_FEATURES_KEPT]].float()
-    path = args.real_stats or os.path.join(args.out, "real_stats.npz")
-    metrics.save_statistics(path, mu, sigma, feature_matrix=kept, n_images=len(images), **stamp)
-    info.update(statistics_file=os.path.abspath(path), loaded_from_file=False, n_images=len(images),
-                dropped=data_info["dropped"])
-    return mu, sigma, kept, info
-
-
-def without_nan(value):
-    """NaN (e.g. PUL when the reference makes no negatives) as null, so metrics.json is strict JSON."""
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: without_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nan(v) for v in value]
-    return value
-
-
-def fmt(value, std=None):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "N/A"
-    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
-
-
-def fmt_summary(stat):
-    return "N/A" if stat is None else fmt(stat["mean"], stat["std"])
-
-
-def quality_cells(values):
-    """The table's KID, precision and recall cells of one row (a mean ± std dict or a value)."""
-    kid = values.get("kid")
-    if isinstance(kid, dict):
-        kid = f"{kid['mean']:.4g} ± {kid['std']:.2g}"
-    kid = "N/A" if kid is None else kid if isinstance(kid, str) else f"{kid:.4g}"
-
-    def cell(value):
-        return fmt_summary(value) if isinstance(value, dict) else fmt(value)
-    return f"{kid} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
-
-
-def markdown_table(record, fid_name, label):
-    """The paper's layout (Tables 1-3): Method | PUL | FID | Ret-FID, with KID and precision/recall
-    beside them, then per checkpoint, then the side effects (appendix E)."""
-    summary = record["summary"]
-    head = f"PUL (↑) | {fid_name} (↓) | Ret-FID (↓) | KID (↓) | precision (↑) | recall (↑)"
-    lines = [f"| Method | {head} |", "|---|---|---|---|---|---|---|"]
-    for entry in [record["reference"], record.get("retrained")]:
-        if entry:
-            lines.append(f"| {entry['label']} | {fmt(entry['pul'])} | {fmt(entry['fid'])} | {fmt(entry['ret_fid'])} "
-                         f"| {quality_cells(entry)} |")
-    if record["checkpoints"]:
-        lines.append(f"| {label} ({len(record['checkpoints'])} run{'s' if len(record['checkpoints']) > 1 else ''}) "
-                     f"| {fmt_summary(summary['pul'])} | {fmt_summary(summary['fid'])} "
-                     f"| {fmt_summary(summary['ret_fid'])} | {quality_cells(summary)} |")
-        lines += ["", f"| Checkpoint | {head} | negatives |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {c['label']} | {fmt(c['pul'])} | {fmt(c['fid'])} | {fmt(c['ret_fid'])} | {quality_cells(c)} "
-                  f"| {c['negatives']} |" for c in record["checkpoints"]]
-        what = "attribute" if record["protocol"]["pul"]["multilabel"] else "class"
-        unit = "frequency" if what == "attribute" else "share"
-        lines += ["", f"| {what} | reference {unit} % | {label} {unit} % | % change (mean ± std) |", "|---|---|---|---|"]
-        for name, ref in record["reference"]["side_effects"].items():
-            after = metrics.mean_std([c["side_effects"][name]["after"] for c in record["checkpoints"]])
-            change = summary["side_effects"][name]
-            marker = " (negative)" if name == record["protocol"]["pul"]["negative"] else ""
-            lines.append(f"| {name}{marker} | {fmt(ref['before'])} | {fmt_summary(after)} | {fmt_summary(change)} |")
-    return "\n".join(lines)
-
-
-def save_side_effects_chart(record, path):
-    """Grouped bars (paper appendix E): per class or attribute other than the negative, the % change
-    of its count under each evaluated generator and the retrained one, against the reference."""
-    negative = record["protocol"]["pul"]["negative"]
-    names = [name for name in record["reference"]["side_effects"] if name != negative]
-    bars = [e for e in [record.get("retrained"), *record["checkpoints"]] if e]
-    if not names or not bars:
-        return
-    width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 0.3 * len(names) * len(bars) + 2)), 4.0))
-    for i, e in enumerate(bars):
-        changes = [e["side_effects"][name]["change"] for name in names]  # NaN: absent under the reference
-        ax.bar(np.arange(len(names)) + (i - (len(bars) - 1) / 2) * width, changes, width, label=e["label"])
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right"
-                  if max(map(len, names)) > 3 else "center")
-    ax.set_ylabel("% change of the count vs the pre-trained model")
-    change = [c["side_effects"][negative]["change"] for c in record["checkpoints"]]
-    ax.set_title(f"other {'attributes' if record['protocol']['pul']['multilabel'] else 'classes'} after unlearning "
-                 f"'{negative}' (its own change: {', '.join(fmt(c) + '%' for c in change) or 'N/A'}; not drawn)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    utils.atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-def held_out_images(args, negative_name, size):
-    """(negatives, positives): --recover images of each, [N, 3, H, W] in [-1, 1], a seeded choice
-    among the held-out split (the dataset's own test split, or --recover_data)."""
-    own = dataset.DATASETS[args.dataset].test_split == "own"
-    if args.recover_data is None and not own:
-        raise utils.UserError(f"--recover needs held-out images: --dataset {args.dataset} has no test split of its "
-                              f"own; give --recover_data DIR (images the generators never saw, in its layout)")
-    root = args.recover_data or args.data
-    try:
-        data, negatives, positives = dataset.split_by_label(args.dataset, root, size, negative_name,
-                                                            train=not own, attributes=args.attributes)
-    except utils.UserError as err:
-        raise utils.UserError(f"--recover images ({root}): {err}")
-    if min(len(negatives), len(positives)) < args.recover:
-        raise utils.UserError(f"--recover {args.recover}: the held-out images hold {len(negatives)} of "
-                              f"'{negative_name}' and {len(positives)} others; lower --recover")
-    rng = np.random.default_rng(args.seed)
-    chosen = [rng.choice(indices, args.recover, replace=False) for indices in (negatives, positives)]
-    return [torch.stack([data[int(i)][0] for i in sorted(group)]) for group in chosen]
-
-
-def recoverability(generators, targets, args, clf, meta, negative, negative_name, path):
-    """Invert the held-out images `targets` (negatives, positives) into every generator; returns
-    the record and writes the grid (targets, then one row per generator; red frame = called
-    negative)."""
-    both = torch.cat(targets).to(args.device)
-    features = (lambda x: clf.features(metrics.to_classifier_input(x, meta))) if args.recover_features else None
-    per_generator, rows = [], []
-    show = list(range(min(8, args.recover))) + list(range(args.recover, args.recover + min(8, args.recover)))
-
-    def row(label, images):
-        flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).cpu()
-        rows.append((label, utils.to_uint8(images[show]).permute(0, 2, 3, 1).cpu().numpy(), flags[show].tolist()))
-        return flags
-
-    row("held-out images", both)
-    for role, label, path_, g in generators:
-        images, error = metrics.invert(g, both, args.recover_steps, args.recover_lr, args.seed, features,
-                                       args.recover_features, f"inverting into {label}", args.recover_latent == "w+")
-        images = utils.from_uint8(utils.to_uint8(images))  # as if saved, as every scored sample
-        flags = row(label, images)
-        n = args.recover
-        per_generator.append({"role": role, "label": label, "path": os.path.abspath(path_), **{
-            group: {"mse": float(error[part].mean()), "called_negative": 100.0 * int(flags[part].sum()) / n}
-            for group, part in (("negatives", slice(0, n)), ("positives", slice(n, 2 * n)))}})
-    gan.save_labelled_rows(rows, path, f"held-out images (first {len(show) // 2}: '{negative_name}', then others) "
-                                       f"and their reconstructions; red frame: classified '{negative_name}'")
-    protocol = {"n_each": args.recover, "steps": args.recover_steps, "lr": args.recover_lr, "optimiser": "Adam",
-                "latent": f"{args.recover_latent.upper()} from the mean of g's mapping over 4096 seeded z", "noise": "seeded per image, fixed",
-                "loss": "pixel MSE" + (f" + {args.recover_features} · classifier-feature MSE"
-                                       if args.recover_features else ""),
-                "images": f"seeded choice (seed {args.seed}) from {args.recover_data or 'the test split'}",
-                "mse": "per image mean of (reconstruction − target)² in [-1, 1] pixels, then the mean"}
-    return {"protocol": protocol, "generators": per_generator}
-
-
-def recover_table(record, negative_name):
-    lines = [f"| Recoverability | '{negative_name}' images: MSE (↑ = removed) | called '{negative_name}' % | "
-             f"other images: MSE | called '{negative_name}' % |", "|---|---|---|---|---|"]
-    for e in record["generators"]:
-        lines.append(f"| {e['label']} | {e['negatives']['mse']:.4f} | {e['negatives']['called_negative']:.1f} | "
-                     f"{e['positives']['mse']:.4f} | {e['positives']['called_negative']:.1f} |")
-    return "\n".join(lines)
-
-
-def grid_indices(reference_negatives, n_columns):
-    """Columns of the comparison grid: up to half negatives under the reference, then positives."""
-    neg = torch.nonzero(reference_negatives).flatten().tolist()
-    pos = torch.nonzero(~reference_negatives).flatten().tolist()
-    take_neg = min(len(neg), (n_columns + 1) // 2)
-    chosen = neg[:take_neg] + pos[:n_columns - take_neg]
-    return chosen, take_neg
-
-
-@torch.no_grad()
-def save_comparison_grid(generators, indices, n_neg_columns, args, clf, meta, negative, path):
-    """One labelled row per generator, the same latents in every row; red frame = the classifier
-    calls the sample negative. The first `n_neg_columns` columns are negatives of the reference."""
-    name = checkpoint.class_names(meta)[negative]
-    rows = []
-    for _, label, _, g in generators:
-        z, noise = metrics.seeded_inputs(g, indices, args.seed)
-        kwargs = {"noise": [maps.to(args.device) for maps in noise]} if noise else {}
-        images = utils.from_uint8(utils.to_uint8(g([z.to(args.device)], **kwargs)[0]))
-        flags = metrics.negative_mask(metrics.classify(clf, meta, images), meta, negative).tolist()
-        rows.append((label, utils.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy(), flags))
-
-    gan.save_labelled_rows(rows, path, f"same latents in every row; columns 1-{n_neg_columns}: '{name}' under "
-                                         f"the reference; red frame: classified '{name}'")
-
-
-def kid_and_precision_recall(args, generated, real):
-    """{kid, kid_std, precision, recall} of generated features against the real ones (None where
-    not computed)."""
-    out = dict.fromkeys(("kid", "kid_std", "precision", "recall"))
-    if generated is None or real is None:
-        return out
-    n = min(len(generated), len(real))
-    if args.kid_subsets and n >= 2:
-        out["kid"], out["kid_std"], _ = metrics.kernel_inception_distance(generated, real, args.kid_subset_size,
-                                                                          args.kid_subsets)
-    if args.pr_k and n > args.pr_k:
-        out["precision"], out["recall"] = metrics.precision_recall(generated, real[:len(generated)], args.pr_k)
-    elif args.pr_k:
-        print(f"warning: precision/recall with k = {args.pr_k} needs more than {args.pr_k} samples of each set "
-              f"({len(generated)} generated, {len(real)} real): not computed", file=sys.stderr)
-    return out
 
 
 def fid_of_files(paths):
@@ -485,16 +172,16 @@ def main(args):
     metrics.check_classifier_fits(meta, size)
     fid_name, features, fid_info = feature_space(args, clf, meta) if args.n_fid else ("FID", None, {})
 
-    held_out = held_out_images(args, negative_name, size) if args.recover else None
+    held_out = scoring.held_out_images(args, negative_name, size) if args.recover else None
     # every input is read and checked: only now is --out made
     utils.claim_out_dir(args, OUTPUTS)
     utils.write_args_json(args.out, args)
     real = real_features = None
     if args.n_fid:
-        mu, sigma, real_features, real_info = real_statistics(args, features, fid_info, negative_name, size)
+        mu, sigma, real_features, real_info = scoring.real_statistics(args, features, fid_info, negative_name, size)
         real = (mu, sigma)
-    cache_key = pass_cache_key(args, negative, fid_info)
-    results = [cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, label)
+    cache_key = scoring.pass_cache_key(args, negative, fid_info)
+    results = [scoring.cached_generator_pass(g, path, cache_key, args, clf, meta, negative, features, label)
                for _, label, path, g in generators]
     names = checkpoint.class_names(meta)
     ref = results[0]
@@ -505,7 +192,7 @@ def main(args):
         stats = result["stats"]
         n_neg = int(result["negative_mask"].sum())
         return {"role": role, "label": label, "path": os.path.abspath(path), "negatives": n_neg,
-                **kid_and_precision_recall(args, result["features"], real_features),
+                **scoring.kid_and_precision_recall(args, result["features"], real_features),
                 "pul": metrics.percentage_unlearned(ref_negatives, n_neg),
                 "fid": metrics.frechet_distance(*stats, *real) if stats and real else None,
                 # the retrained model evaluated as a checkpoint has no Ret-FID (0 up to float noise)
@@ -552,20 +239,20 @@ def main(args):
     record = {"protocol": protocol, "reference": entries[0],
                "retrained": entries[-1] if args.retrained else None,
                "checkpoints": checkpoints, "summary": summary, "recoverability": None}
-    table = markdown_table(record, fid_name, args.label)
+    table = report.markdown_table(record, fid_name, args.label)
     if args.recover:
-        record["recoverability"] = recoverability(generators, held_out, args, clf, meta, negative, negative_name,
+        record["recoverability"] = scoring.recoverability(generators, held_out, args, clf, meta, negative, negative_name,
                                                   os.path.join(args.out, "recover.png"))
-        table += "\n\n" + recover_table(record["recoverability"], negative_name)
+        table += "\n\n" + report.recover_table(record["recoverability"], negative_name)
 
     print(table)
-    text = json.dumps(without_nan(record), indent=2)
+    text = json.dumps(report.without_nan(record), indent=2)
     utils.atomic_write(os.path.join(args.out, "metrics.json"), lambda f: f.write(text.encode()))
     utils.atomic_write(os.path.join(args.out, "table.md"), lambda f: f.write((table + "\n").encode()))
-    save_side_effects_chart(record, os.path.join(args.out, "side_effects.png"))
+    report.save_side_effects_chart(record, os.path.join(args.out, "side_effects.png"))
     if args.n_sample:
-        indices, n_neg = grid_indices(ref["negative_mask"], args.n_sample)
-        save_comparison_grid(generators, indices, n_neg, args, clf, meta, negative,
+        indices, n_neg = report.grid_indices(ref["negative_mask"], args.n_sample)
+        report.save_comparison_grid(generators, indices, n_neg, args, clf, meta, negative,
                              os.path.join(args.out, "comparison.png"))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}")
     return record

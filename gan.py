@@ -1,16 +1,15 @@
 """The StyleGAN2 training recipe (rosinality's), shared unchanged by pre-training, Stage 1,
 Stage 2 and every baseline: the non-saturating loss, lazy R1 and path-length regularisation,
 style mixing, the EMA generator, optimisers, one G/D step, the loop, and sample grids at
-fixed latents (also the labelled rows that evaluate.py and generate.py draw). What differs between the stages is only the generator's extra loss (EWC,
+fixed latents. What differs between the stages is only the generator's extra loss (EWC,
 repulsion, ℓ1) and which tensors train.
 """
 
 import math
-import os
 import random
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.nn import functional as F
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -350,41 +349,3 @@ def save_image_grid(images, path, nrow=8):
                      value_range=(-1, 1), padding=1)
     array = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
-
-
-def short_name(path, depth=2):
-    """`runs/unlearn_s0/unlearned.pt` -> `unlearn_s0/unlearned.pt`: enough to tell rows apart."""
-    parts = os.path.normpath(path).split(os.sep)
-    return os.path.join(*parts[-depth:]) if len(parts) > 1 else parts[0]
-
-
-def short_names(paths):
-    """short_name of each path, with as many folders as it takes for different files to differ
-    (el2/s0/unlearned.pt and finetune/s0/unlearned.pt, not s0/unlearned.pt twice)."""
-    for depth in range(2, max(len(os.path.normpath(p).split(os.sep)) for p in paths) + 1):
-        names = [short_name(p, depth) for p in paths]
-        if len(set(names)) == len({os.path.abspath(p) for p in paths}):
-            return names
-    return [os.path.abspath(p) for p in paths]
-
-
-def save_labelled_rows(rows, path, title):
-    """One PNG of labelled rows of tiles under a title line: rows = [(label, uint8 images
-    [N, H, W, 3], flags [N])]; a flagged tile gets a red frame. Tiles are enlarged to at least
-    64 px (nearest neighbour), so small images stay readable."""
-    cell, pad, head = max(64, max(images.shape[1] for _, images, _ in rows)), 6, 22
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = int(max(probe.textlength(label) for label, _, _ in rows)) + 12
-    width = label_w + max(len(images) for _, images, _ in rows) * (cell + pad) + pad
-    canvas = Image.new("RGB", (max(width, 420), head + len(rows) * (cell + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 4), title, fill="black")
-    for r, (label, images, flags) in enumerate(rows):
-        y = head + pad + r * (cell + pad)
-        draw.text((4, y + cell // 2 - 6), label, fill="black")
-        for c, (image, flag) in enumerate(zip(images, flags)):
-            x = label_w + pad + c * (cell + pad)
-            canvas.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
-            if flag:
-                draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(220, 0, 0), width=3)
-    atomic_write(path, lambda f: canvas.save(f, format="PNG"))

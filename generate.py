@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 import checkpoint
-import gan
 import metrics
+import report
 import utils
 
 OUTPUTS = ["grid.png", "*/seed*.png", "args.json"]  # what this script writes in --out (see utils.claim_out_dir)
@@ -73,7 +73,7 @@ def sample(g, seeds, args, truncation_latent):
 
 def folder_name(row, path):
     """`runs/unlearn8_el2/unlearned.pt`, row 1 -> `1_unlearn8_el2_unlearned`."""
-    name = os.path.splitext(gan.short_name(path))[0]
+    name = os.path.splitext(report.short_name(path))[0]
     return f"{row}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -122,7 +122,7 @@ def main(args):
             utils.atomic_write(os.path.join(folder, f"seed{seed:04d}.png"),
                                lambda f, tile=tile: Image.fromarray(np.ascontiguousarray(tile)).save(f, format="PNG"))
         flags = [False] * len(seeds)
-        label = gan.short_name(path)
+        label = report.short_name(path)
         if oracle is not None:
             classifier, meta, index, name = oracle
             logits = metrics.classify(classifier, meta, utils.from_uint8(images))
@@ -133,7 +133,7 @@ def main(args):
     if oracle is not None:
         title += f"; red frame: classified '{oracle[3]}'"
     grid = os.path.join(args.out, "grid.png")
-    gan.save_labelled_rows(rows, grid, title)
+    report.save_labelled_rows(rows, grid, title)
     print(f"wrote {len(rows)} x {len(seeds)} images and {grid}")
     return rows
 

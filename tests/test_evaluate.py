@@ -17,7 +17,8 @@ from torch import nn
 
 import checkpoint
 import evaluate
-import gan
+import report
+import scoring
 import generate
 import metrics
 import utils
@@ -179,8 +180,8 @@ def test_pul_on_generators_with_known_negative_rates():
     n = 4000
     args = pass_args(n)
     clf = BrightnessClassifier()
-    before = evaluate.generator_pass(ThresholdGenerator(0.0), args, clf, IDENTITY_META, 0, None, None)
-    after = evaluate.generator_pass(ThresholdGenerator(1.0), args, clf, IDENTITY_META, 0, None, None)
+    before = scoring.generator_pass(ThresholdGenerator(0.0), args, clf, IDENTITY_META, 0, None, None)
+    after = scoring.generator_pass(ThresholdGenerator(1.0), args, clf, IDENTITY_META, 0, None, None)
     z, _ = metrics.seeded_inputs(ThresholdGenerator(0.0), range(n), 0)
     assert int(before["negative_mask"].sum()) == int((z[:, 0] > 0).sum())  # exactly the latents' count
     assert int(after["negative_mask"].sum()) == int((z[:, 0] > 1).sum())
@@ -409,8 +410,8 @@ def test_cache_reuses_generator_passes_with_the_same_results(files, tmp_path, mo
     assert plain["checkpoints"][0]["fid"] == plain["retrained"]["fid"]
 
     passes = []
-    generator_pass = evaluate.generator_pass
-    monkeypatch.setattr(evaluate, "generator_pass", lambda g, args, *rest: passes.append(args.seed) or
+    generator_pass = scoring.generator_pass
+    monkeypatch.setattr(scoring, "generator_pass", lambda g, args, *rest: passes.append(args.seed) or
                         generator_pass(g, args, *rest))
     # the reference, evaluated as a checkpoint too, and the retrained model: all three from the cache
     second = evaluate.main(eval_args(files, tmp_path / "second", [files["reference"]], n_sample=0, cache=cache))
@@ -553,7 +554,7 @@ def test_generate_a_seed_gives_its_image_whatever_else_is_asked(files, tmp_path,
 def test_generate_truncation_zero_gives_the_mean_latent_image(files, tmp_path):
     rows = run_main(generate, "--ckpt", files["reference"], files["retrained"], "--seeds", "0-3", "--trunc", 0,
                     "--device", "cpu", "--out", tmp_path)
-    assert [label for label, _, _ in rows] == [gan.short_name(files["reference"]), gan.short_name(files["retrained"])]
+    assert [label for label, _, _ in rows] == [report.short_name(files["reference"]), report.short_name(files["retrained"])]
     for _, tiles, _ in rows:  # ψ = 0: every seed maps to w_avg, and the noise is the fixed one
         assert all(np.array_equal(tile, tiles[0]) for tile in tiles)
     assert not np.array_equal(rows[0][1][0], rows[1][1][0])
@@ -584,6 +585,6 @@ def test_generate_user_errors(files, tmp_path):
 
 def test_short_names_tell_different_files_apart():
     paths = ["runs/el2/s0/unlearned.pt", "runs/finetune/s0/unlearned.pt", "runs/el2/s1/unlearned.pt"]
-    assert gan.short_names(paths) == ["el2/s0/unlearned.pt", "finetune/s0/unlearned.pt", "el2/s1/unlearned.pt"]
-    assert gan.short_names(["a/s0/x.pt", "b/s1/x.pt"]) == ["s0/x.pt", "s1/x.pt"]
-    assert gan.short_names(["a/s0/x.pt", "a/s0/x.pt"]) == ["s0/x.pt", "s0/x.pt"]  # one file twice
+    assert report.short_names(paths) == ["el2/s0/unlearned.pt", "finetune/s0/unlearned.pt", "el2/s1/unlearned.pt"]
+    assert report.short_names(["a/s0/x.pt", "b/s1/x.pt"]) == ["s0/x.pt", "s1/x.pt"]
+    assert report.short_names(["a/s0/x.pt", "a/s0/x.pt"]) == ["s0/x.pt", "s0/x.pt"]  # one file twice
