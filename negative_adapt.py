@@ -46,8 +46,8 @@ SHEET_ROWS = 10
 OUTPUTS = ["feedback.pt", "feedback.png", "adapted_*.pt", "adapted_*.png", "checkpoint/adapted_*.pt", "args.json"]
 CONTACT_SHEET_OUTPUTS = ["contact_sheet_*.png", "contact_sheet_args.json"]
 # the flags that make a run what it is: --resume refuses to change them
-RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "negatives", "positives", "n_feedback", "feedback_seed", "n_models",
-             "iter", "ewc_lambda", "ewc_params", "fisher_samples", "batch", "lr", "r1", "d_reg_every",
+RUN_FLAGS = ("ckpt", "classifier", "negative", "marked", "marked_file", "negatives", "positives", "n_feedback",
+             "feedback_seed", "n_models", "iter", "ewc_lambda", "ewc_params", "fisher_samples", "batch", "lr", "r1", "d_reg_every",
              "path_regularize", "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
@@ -299,8 +299,7 @@ def main(args):
     if args.resume:
         checkpoint.check_same_run(args, RUN_FLAGS)
     if args.contact_sheet:
-        images = torch.cat([batch.cpu() for _, batch in metrics.generate_images(
-            g_ema, args.n_feedback, args.feedback_seed, args.batch_eval, device, desc="samples")])
+        images = utils.from_uint8(generated_pool(args, g_ema, device)[1])  # the feedback pool, exactly
         utils.claim_out_dir(args, CONTACT_SHEET_OUTPUTS)
         utils.write_args_json(args.out, args, "contact_sheet_args.json")
         paths = write_contact_sheets(images, args.out)

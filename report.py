@@ -75,16 +75,19 @@ def fmt_summary(stat):
     return "N/A" if stat is None else fmt(stat["mean"], stat["std"])
 
 
-def quality_cells(values):
-    """The table's KID, precision and recall cells of one row (a mean ± std dict or a value)."""
-    kid = values.get("kid")
-    if isinstance(kid, dict):
-        kid = f"{kid['mean']:.4g} ± {kid['std']:.2g}"
-    kid = "N/A" if kid is None else kid if isinstance(kid, str) else f"{kid:.4g}"
+def fmt_kid(value):
+    """KID (a value or a mean ± std dict) to 4 significant digits: its scale is the features'
+    (about 1e-3 for Inception's, far more for a classifier's)."""
+    if isinstance(value, dict):
+        return f"{value['mean']:.4g} ± {value['std']:.2g}"
+    return "N/A" if value is None else f"{value:.4g}"
 
+
+def quality_cells(values):
+    """The table's KID, precision and recall cells of one row (mean ± std dicts or values)."""
     def cell(value):
         return fmt_summary(value) if isinstance(value, dict) else fmt(value)
-    return f"{kid} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
+    return f"{fmt_kid(values.get('kid'))} | {cell(values.get('precision'))} | {cell(values.get('recall'))}"
 
 
 def markdown_table(record, fid_name, label):
@@ -138,8 +141,8 @@ def save_side_effects_chart(record, path):
         changes = [e["side_effects"][name]["change"] for name in names]  # NaN: absent under the reference
         ax.bar(np.arange(len(names)) + (i - (len(bars) - 1) / 2) * width, changes, width, label=e["label"])
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(names)), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right"
-                  if max(map(len, names)) > 3 else "center")
+    long_names = max(map(len, names)) > 3  # attribute names are slanted, digits stay upright
+    ax.set_xticks(np.arange(len(names)), names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
     ax.set_ylabel("% change of the count vs the pre-trained model")
     change = [c["side_effects"][negative]["change"] for c in record["checkpoints"]]
     ax.set_title(f"other {'attributes' if record['protocol']['pul']['multilabel'] else 'classes'} after unlearning "

@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 import checkpoint  # noqa: E402  (the repository's modules, for the grid's shifts)
 import method  # noqa: E402
+import report  # noqa: E402
 import utils  # noqa: E402
 from stages import Runner, Stage, check_settings, log_tail, write_lines  # noqa: E402
 
@@ -72,13 +73,6 @@ def mean_std(summary):
     return "N/A" if summary is None else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
 
 
-def kid(value):
-    """KID to 4 significant digits: its scale is the features' (about 1e-3 for Inception's)."""
-    if isinstance(value, dict):
-        return f"{value['mean']:.4g} ± {value['std']:.2g}"
-    return "N/A" if value is None else f"{value:.4g}"
-
-
 def number(value):
     return "N/A" if value is None else f"{value:.2f}"
 
@@ -94,7 +88,7 @@ def results_table(digit, evaluations):
              "", "| Method | PUL (↑) | FID (↓) | FID / pre-trained | Ret-FID (↓) | KID (↓) | recall (↑) "
                  "| largest other change |",
              "|---|---|---|---|---|---|---|---|",
-             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | {kid(ref.get('kid'))} "
+             f"| pre-trained | – | {ref['fid']:.2f} | 1.00× | {ref['ret_fid']:.2f} | {report.fmt_kid(ref.get('kid'))} "
              f"| {number(ref.get('recall'))} | – |"]
     for label, metrics in evaluations:
         summary = metrics["summary"]
@@ -103,7 +97,7 @@ def results_table(digit, evaluations):
         change = f"{worst}: {others[worst]['mean']:+.1f}%" if worst else "–"
         ratio = summary["fid"]["mean"] / ref["fid"]
         lines.append(f"| {label} | {mean_std(summary['pul'])} | {mean_std(summary['fid'])} | {ratio:.2f}× | "
-                     f"{mean_std(summary['ret_fid'])} | {kid(summary.get('kid'))} | "
+                     f"{mean_std(summary['ret_fid'])} | {report.fmt_kid(summary.get('kid'))} | "
                      f"{mean_std(summary.get('recall'))} | {change} |")
     return lines
 

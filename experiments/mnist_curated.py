@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import dataset  # noqa: E402
 import mnist_cpu  # noqa: E402
+import report  # noqa: E402
 import utils  # noqa: E402
 from stages import Runner, check_settings, write_lines  # noqa: E402
 
@@ -41,8 +42,8 @@ def write_digit_folders(data, digit, out):
 def row(label, metrics_path):
     """One table row from an evaluation of one checkpoint."""
     (run,) = json.load(open(metrics_path))["checkpoints"]
-    cells = ["N/A" if run.get(key) is None else f"{run[key]:.4g}" if key == "kid" else f"{run[key]:.2f}"
-             for key in ("pul", "fid", "ret_fid", "kid", "precision", "recall")]
+    cells = [report.fmt(run.get(key)) for key in ("pul", "fid", "ret_fid")] + [report.fmt_kid(run.get("kid"))]
+    cells += [report.fmt(run.get(key)) for key in ("precision", "recall")]
     return f"| {label} | {' | '.join(cells)} | {run['negatives']} |"
 
 

@@ -359,6 +359,13 @@ def test_recoverability_inverts_held_out_images_into_each_generator(files, tmp_p
         for group in ("negatives", "positives"):
             assert e[group]["mse"] > 0 and e[group]["called_negative"] in (0.0, 100 / 3, 200 / 3, 100.0)
     assert recover["protocol"]["n_each"] == 3 and recover["protocol"]["steps"] == 5
+    # the reference's numbers are those of inverting the same seeded held-out images by hand
+    args = eval_args(files, tmp_path / "unused", [], recover=3, recover_steps=5)
+    negatives, positives = scoring.held_out_images(args, "horizontal", 16)
+    g, _ = checkpoint.load_generator(files["reference"])
+    _, error = metrics.invert(g, torch.cat([negatives, positives]), 5, args.recover_lr, args.seed)
+    assert reference["negatives"]["mse"] == pytest.approx(float(error[:3].mean()), rel=1e-5)
+    assert reference["positives"]["mse"] == pytest.approx(float(error[3:].mean()), rel=1e-5)
     assert "| Recoverability | 'horizontal' images: MSE" in capsys.readouterr().out
     with Image.open(tmp_path / "out" / "recover.png") as grid:
         assert grid.size[1] > 4 * 64  # the targets and three generators
