@@ -21,7 +21,7 @@ import sys
 import torch
 
 import nvlabs
-from model import CLASSIFIERS, ClassifierEnsemble, Discriminator, Generator, build_classifier
+from model import CLASSIFIERS, GAN_ARCHS, ClassifierEnsemble, build_classifier
 from utils import UserError, atomic_write, make_parser, run_cli
 
 
@@ -93,7 +93,7 @@ def read_nvlabs_pkl(path):
     """An NVlabs network pickle as our StyleGAN2 checkpoint dict (nvlabs.py reads it as data); the
     blur kernels, fixed buffers of model.py, come from freshly built networks."""
     ckpt = nvlabs.read_network_pkl(path)
-    fresh = build_stylegan2(ckpt["model_args"])
+    fresh = build_gan(ckpt["model_args"])
     for name, net in fresh.items():  # in model.py's order, so the fingerprint is that of the same .pt
         own = net.state_dict()
         kernels = {k: v for k, v in own.items() if k.endswith("kernel")}
@@ -103,11 +103,12 @@ def read_nvlabs_pkl(path):
 
 
 # --------------------------------------------------------------------------------------------
-# Generators (StyleGAN2)
+# Generators (model.GAN_ARCHS)
 # --------------------------------------------------------------------------------------------
 
 
-MODEL_ARG_NAMES = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_max")
+# the generator constructor arguments a file must give; the other ones default (model.GAN_ARCHS)
+REQUIRED_MODEL_ARGS = ("size", "style_dim", "n_mlp")
 
 
 def infer_model_args(ckpt, path):
@@ -129,23 +130,25 @@ def infer_model_args(ckpt, path):
         width64 = state[f"convs.{2 * (6 - 3)}.conv.weight"].shape[1]
         if width64 < base_width or base_width == 512:
             channel_multiplier = max(1, width64 // 256)
-    return {
-        "size": int(args.get("size", size)),
-        "style_dim": int(args.get("latent", style_dim)),
-        "n_mlp": int(args.get("n_mlp", n_mlp)),
-        "channel_multiplier": int(args.get("channel_multiplier", channel_multiplier)),
-        "channel_max": int(base_width) if base_width < 512 else 512,
-    }
+    return {"arch": "stylegan2", "size": int(args.get("size", size)), "style_dim": int(args.get("latent", style_dim)),
+            "n_mlp": int(args.get("n_mlp", n_mlp)),
+            "channel_multiplier": int(args.get("channel_multiplier", channel_multiplier)),
+            "channel_max": min(int(base_width), 512)}
 
 
 def complete_model_args(model_args):
-    """model_args with the constructor defaults filled in, so files always record all five."""
-    return {"channel_multiplier": 2, "channel_max": 512,
-            **{k: v for k, v in model_args.items() if k in MODEL_ARG_NAMES}}
+    """model_args with "arch" (absent: stylegan2, as in rosinality's and older files) and the
+    optional constructor arguments of model.GAN_ARCHS filled in, so files always record them all."""
+    arch = model_args.get("arch", "stylegan2")
+    if arch not in GAN_ARCHS:
+        raise UserError(f"model_args names an unknown architecture {arch!r} (known: {', '.join(GAN_ARCHS)})")
+    defaults = GAN_ARCHS[arch].defaults
+    return {"arch": arch, **{k: v for k, v in defaults.items() if k not in REQUIRED_MODEL_ARGS},
+            **{k: v for k, v in model_args.items() if k in defaults}}
 
 
 def describe_model_args(model_args):
-    return ", ".join(f"{k}={model_args[k]}" for k in MODEL_ARG_NAMES if k in model_args)
+    return ", ".join(f"{k}={v}" for k, v in complete_model_args(model_args).items())
 
 
 def load_state_strict(module, state, path, key):
@@ -166,15 +169,17 @@ def load_state_strict(module, state, path, key):
     module.load_state_dict(state, strict=True)
 
 
-def build_stylegan2(model_args, which=("g", "d", "g_ema")):
-    """Fresh networks from model_args: a dict name -> module for the names in `which`."""
-    gen_args = complete_model_args(model_args)
-    disc_args = {k: gen_args[k] for k in ("size", "channel_multiplier", "channel_max")}
-    return {name: Discriminator(**disc_args) if name == "d" else Generator(**gen_args) for name in which}
+def build_gan(model_args, which=("g", "d", "g_ema")):
+    """Fresh networks of the architecture model_args["arch"]: a dict name -> module for `which`."""
+    model_args = complete_model_args(model_args)
+    arch = GAN_ARCHS[model_args["arch"]]
+    gen_args = {k: v for k, v in model_args.items() if k != "arch"}
+    disc_args = {k: gen_args[k] for k in arch.discriminator_args}
+    return {name: arch.discriminator(**disc_args) if name == "d" else arch.generator(**gen_args) for name in which}
 
 
-def load_stylegan2(path, which=("g", "d", "g_ema"), device="cpu", expect_model_args=None):
-    """Networks from a StyleGAN2 checkpoint (ours or rosinality's), loaded strictly.
+def load_gan(path, which=("g", "d", "g_ema"), device="cpu", expect_model_args=None):
+    """Networks from a GAN checkpoint (ours of any arch, or rosinality's), loaded strictly.
 
     Returns (dict name -> module on `device`, the checkpoint dict). With `expect_model_args`,
     any constructor argument given there that differs from the file's is a one-line error.
@@ -183,35 +188,32 @@ def load_stylegan2(path, which=("g", "d", "g_ema"), device="cpu", expect_model_a
     model_args = ckpt["model_args"] = complete_model_args(ckpt["model_args"])
     if expect_model_args:
         diff = [f"{k} {model_args.get(k)} in the file vs {v} asked for" for k, v in expect_model_args.items()
-                if k in MODEL_ARG_NAMES and model_args.get(k, v) != v]
+                if k in model_args and model_args.get(k, v) != v]
         if diff:
             raise UserError(f"{path}: architecture differs: " + "; ".join(diff))
     try:
-        nets = build_stylegan2(model_args, which)
+        nets = build_gan(model_args, which)
     except ValueError as err:
         raise UserError(f"{path}: bad model_args ({describe_model_args(model_args)}): {err}")
     for name, net in nets.items():
         if name not in ckpt:
             raise UserError(f"{path}: has no '{name}' state dict")
-        load_state_strict(net, ckpt[name], path, name)
-        net.to(device)
+        load_state_strict(net.to(device), ckpt[name], path, name)
     return nets, ckpt
 
 
 def load_generator(path, device="cpu"):
-    """The generator to sample from: `g_ema` of a StyleGAN2 checkpoint (else `g`), in eval mode."""
-    ckpt = load_checkpoint(path, "stylegan2")
-    which = "g_ema" if "g_ema" in ckpt else "g"
-    nets, ckpt = load_stylegan2(path, (which,), device)
+    """The generator to sample from: `g_ema` of a GAN checkpoint (else `g`), in eval mode."""
+    which = "g_ema" if "g_ema" in load_checkpoint(path, "stylegan2") else "g"
+    nets, ckpt = load_gan(path, (which,), device)
     return nets[which].eval().requires_grad_(False), ckpt
 
 
-def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None, mean_path_length=None):
-    """A StyleGAN2 checkpoint dict: rosinality's keys + kind, model_args, step, args, sources, and the
-    running path length that a later fine-tuning starts from."""
+def gan_checkpoint(nets, model_args, args, step, sources, optimizers=None, method=None, mean_path_length=None):
+    """A GAN checkpoint dict: rosinality's keys + kind ("stylegan2", the name of every generator file,
+    whatever model_args["arch"]), model_args, step, args, sources, and the running path length."""
     ckpt = {name: net.state_dict() for name, net in nets.items()}
-    for name, optim in (optimizers or {}).items():
-        ckpt[name] = optim.state_dict()
+    ckpt.update({name: optim.state_dict() for name, optim in (optimizers or {}).items()})
     ckpt.update(kind="stylegan2", model_args=complete_model_args(model_args), step=int(step),
                 args=plain_args(args), sources=dict(sources))
     if method is not None:
@@ -223,8 +225,8 @@ def stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers=None,
 
 def save_generator(path, nets, model_args, args, step, sources, optimizers=None, method=None,
                    mean_path_length=None, **extra):
-    """Write `stylegan2_checkpoint(...)` to `path`, with `extra` keys beside (e.g. the random state)."""
-    ckpt = stylegan2_checkpoint(nets, model_args, args, step, sources, optimizers, method, mean_path_length)
+    """Write `gan_checkpoint(...)` to `path`, with `extra` keys beside (e.g. the random state)."""
+    ckpt = gan_checkpoint(nets, model_args, args, step, sources, optimizers, method, mean_path_length)
     save_checkpoint({**ckpt, **extra}, path)
     return path
 
@@ -238,8 +240,8 @@ def load_adapted(paths, pretrained_ckpt, device="cpu"):
     theta_g = state_fingerprint(pretrained_ckpt["g_ema"])
     nets, seen = [], {}
     for path in paths:
-        net, ckpt = load_stylegan2(path, which=("g_ema",), device=device,
-                                   expect_model_args=pretrained_ckpt["model_args"])
+        net, ckpt = load_gan(path, which=("g_ema",), device=device,
+                            expect_model_args=pretrained_ckpt["model_args"])
         own = state_fingerprint(ckpt["g_ema"])
         if own == theta_g:
             raise UserError(f"--adapted {path} is the pre-trained generator itself, not an adapted model")
@@ -295,10 +297,9 @@ def state_fingerprint(state_dict):
     for name, tensor in state_dict.items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                       if tensor.numel() else b"")
     return digest.hexdigest()
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,13 +336,11 @@ def load_classifier(path, device="cpu"):
     return model.to(device).eval().requires_grad_(False), meta
 
 
-
 def save_classifier(path, model, meta, **fields):
     """Write a classifier checkpoint: its weights, `meta` (arch, classes or attributes, multilabel,
     image_size, channels, normalization, data_size) and `fields` (accuracy, args, sources...)."""
     save_checkpoint({"kind": "classifier", "model": model.state_dict(), **meta, **fields}, path)
     return path
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +371,7 @@ def convert(args):
     and w_avg as latent_avg), loaded strictly into model.py's networks before it is written."""
     if not args.input.endswith(".pkl"):
         raise UserError(f"{args.input}: convert reads NVlabs .pkl files (ours and rosinality's .pt load as they are)")
-    nets, ckpt = load_stylegan2(args.input)
+    nets, ckpt = load_gan(args.input)
     folder = os.path.dirname(os.path.abspath(args.output))
     if os.path.isdir(args.output) or (os.path.exists(folder) and not os.path.isdir(folder)):
         raise UserError(f"{args.output}: is a folder, or inside a file; give the .pt file to write")

@@ -34,7 +34,7 @@ def create_argparser():
 
 
 def main(args):
-    nets, ckpt = checkpoint.load_stylegan2(args.ckpt)
+    nets, ckpt = checkpoint.load_gan(args.ckpt)
     model_args = ckpt["model_args"]
     theta_g = {name: tensor.clone() for name, tensor in nets["g_ema"].state_dict().items()}
     theta_neg = [g.state_dict() for g in checkpoint.load_adapted(args.adapted, ckpt)]

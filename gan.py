@@ -35,7 +35,7 @@ def add_gan_training_args(parser, ema_rampup=0.0, mixing=0.9, mixing_help=""):
     parser.add_argument("--lr", type=positive_float, default=0.002, help="Adam learning rate (before the lazy-regularisation ratio)")
     parser.add_argument("--r1", type=nonnegative_float, default=10, help="R1 penalty weight gamma on real images")
     parser.add_argument("--d_reg_every", type=nonnegative_int, default=16, help="lazy R1: apply every this many steps (0 = never)")
-    parser.add_argument("--path_regularize", type=nonnegative_float, default=2, help="path-length regularisation weight")
+    parser.add_argument("--path_regularize", type=nonnegative_float, default=2, help="path-length regularisation weight (StyleGAN2; a DC-GAN has no mapping network to regularise)")
     parser.add_argument("--path_batch_shrink", type=positive_int, default=2, help="batch divisor for the path-length pass")
     parser.add_argument("--g_reg_every", type=nonnegative_int, default=4, help="lazy path-length regularisation every this many steps (0 = never)")
     parser.add_argument("--mixing", type=probability, default=mixing,
@@ -73,9 +73,13 @@ def ema_decay(args, done):
 
 @torch.no_grad()
 def accumulate(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model, on all parameters at once."""
+    """ema <- decay * ema + (1 - decay) * model, on all parameters at once; batch-norm running
+    statistics (the DC-GAN's) are copied, as NVlabs copies buffers."""
     ema_params, params = list(ema.parameters()), list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1 - decay)
+    for ema_module, module in zip(ema.modules(), model.modules()):
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            torch._foreach_copy_(list(ema_module.buffers()), list(module.buffers()))
 
 
 def mixing_noise(batch, latent_dim, prob, device):
@@ -181,7 +185,7 @@ class GANStep:
             losses["extra"] = extra.detach()
         self._update(g_loss, g, self.g_optim)
 
-        if args.g_reg_every > 0 and args.path_regularize > 0 and step % args.g_reg_every == 0:
+        if args.g_reg_every > 0 and args.path_regularize > 0 and g.has_mapping and step % args.g_reg_every == 0:
             path_batch = max(1, batch // args.path_batch_shrink)
             fake_img, latents = g(mixing_noise(path_batch, style_dim, args.mixing, self.device),
                                   return_latents=True)

@@ -14,6 +14,7 @@ the same images. Two additions, both off by default:
 
 import math
 import random
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -253,6 +254,8 @@ class ToRGB(nn.Module):
 
 
 class Generator(nn.Module):
+    has_mapping = True  # the path-length regulariser acts on the mapped latents (gan.GANStep)
+
     def __init__(self, size, style_dim, n_mlp, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
                  lr_mlp=0.01, channel_max=512):
         super().__init__()
@@ -433,6 +436,116 @@ class Discriminator(nn.Module):
 
         out = self.final_conv(out)
         return self.final_linear(out.view(batch, -1))
+
+
+# --------------------------------------------------------------------------------------------
+# DC-GAN (Radford et al., 2016): the small GAN of the paper's Table 4 comparison
+# --------------------------------------------------------------------------------------------
+
+
+def dcgan_widths(size, channels):
+    """Widths of the DC-GAN's feature maps at 4, 8, ..., size/2 px: `channels` at size/2, doubling
+    toward 4 px (at 32 px and channels 64: 256, 128, 64)."""
+    check_size(size)
+    if size < 8:
+        raise ValueError(f"the DC-GAN needs an image size of at least 8, got {size}")
+    n = int(math.log2(size)) - 2
+    return [channels * 2 ** (n - 1 - i) for i in range(n)]
+
+
+class DCGANGenerator(nn.Module):
+    """z [N, style_dim] -> images [N, 3, size, size] in [-1, 1]: a 4x4 transposed convolution from
+    z, then stride-2 transposed convolutions, each but the last followed by batch norm and ReLU,
+    and tanh. It answers the calls the stages make of a StyleGAN2 generator: `style` is the
+    identity (z is the latent: truncation and inversion act on z), one latent per image
+    (`n_latent` 1; of two style inputs only the first is drawn, so style mixing does nothing), no
+    noise inputs, and `layers()` for CF-k and EU-k."""
+
+    has_mapping = False  # no path-length regularisation (gan.GANStep)
+
+    def __init__(self, size=32, style_dim=100, channels=64):
+        super().__init__()
+        self.size, self.style_dim, self.n_latent, self.num_layers = size, style_dim, 1, 0
+        widths = dcgan_widths(size, channels)
+        self.style = nn.Identity()
+        blocks = [nn.Sequential(nn.ConvTranspose2d(style_dim, widths[0], 4, 1, 0, bias=False),
+                                nn.BatchNorm2d(widths[0]), nn.ReLU(True))]
+        for w_in, w_out in zip(widths, widths[1:]):
+            blocks.append(nn.Sequential(nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False),
+                                        nn.BatchNorm2d(w_out), nn.ReLU(True)))
+        blocks.append(nn.Sequential(nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1, bias=False), nn.Tanh()))
+        self.blocks = nn.Sequential(*blocks)
+        for module in self.modules():  # the DC-GAN initialisation: N(0, 0.02), batch-norm scales N(1, 0.02)
+            if isinstance(module, nn.ConvTranspose2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def layers(self):
+        """The layers in forward order, as (layer name, [its parameter names]): each transposed
+        convolution with its batch norm is one layer."""
+        return [(f"blocks.{i}", [f"blocks.{i}.{p}" for p, _ in block.named_parameters()])
+                for i, block in enumerate(self.blocks)]
+
+    def make_noise(self):
+        return []
+
+    @torch.no_grad()
+    def mean_latent(self, n_latent):
+        return torch.randn(n_latent, self.style_dim, device=self.blocks[0][0].weight.device).mean(0, keepdim=True)
+
+    def get_latent(self, input):
+        return input
+
+    def forward(self, styles, return_latents=False, inject_index=None, truncation=1,
+                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True):
+        """Images from the first of `styles` (z [N, style_dim], or [N, 1, style_dim]); returns
+        (images, the latents [N, 1, style_dim] or None), as Generator.forward."""
+        latent = styles[0] if styles[0].ndim == 3 else styles[0].unsqueeze(1)
+        if truncation < 1:
+            latent = truncation_latent.reshape(1, 1, -1) + truncation * (latent - truncation_latent.reshape(1, 1, -1))
+        images = self.blocks(latent[:, 0, :, None, None])
+        return (images, latent) if return_latents else (images, None)
+
+
+class DCGANDiscriminator(nn.Module):
+    """images [N, 3, size, size] -> logits [N, 1]: stride-2 convolutions with leaky ReLU (0.2),
+    batch norm on all but the first, then a 4x4 convolution to one logit."""
+
+    def __init__(self, size=32, channels=64):
+        super().__init__()
+        widths = dcgan_widths(size, channels)[::-1]  # size/2 px first
+        layers = [nn.Conv2d(3, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))
+        self.net = nn.Sequential(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, input):
+        return self.net(input).reshape(len(input), 1)
+
+
+class GANArch(NamedTuple):
+    generator: type
+    discriminator: type
+    defaults: dict            # every constructor argument of the generator, with its default
+    discriminator_args: tuple  # those the discriminator takes too
+
+
+# the architectures a GAN checkpoint's model_args["arch"] can name (absent: stylegan2)
+GAN_ARCHS = {
+    "stylegan2": GANArch(Generator, Discriminator,
+                         dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512),
+                         ("size", "channel_multiplier", "channel_max")),
+    "dcgan": GANArch(DCGANGenerator, DCGANDiscriminator, dict(size=32, style_dim=100, channels=64), ("size", "channels")),
+}
 
 
 # --------------------------------------------------------------------------------------------

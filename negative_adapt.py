@@ -177,7 +177,7 @@ def adapt_one(j, args, pretrained, negatives, ewc, model_args, mean_path_length,
     writes the model in progress every --save_every steps, and with --resume its newest one is
     continued. Returns its networks and running path length."""
     utils.seed_everything(args.seed + j)
-    nets = checkpoint.build_stylegan2(model_args)
+    nets = checkpoint.build_gan(model_args)
     nets["g"].load_state_dict(pretrained["g_ema"].state_dict())
     nets["g_ema"].load_state_dict(pretrained["g_ema"].state_dict())
     nets["d"].load_state_dict(pretrained["d"].state_dict())
@@ -213,7 +213,7 @@ def negative_share(g, classifier, meta, index, n, seed, batch, device):
 def report_shift(args, pretrained, negatives, model_args, mean_path_length, theta_g, device):
     """Print r = ‖θ_N(λ) − θ_G‖² / ‖θ_N(0) − θ_G‖² for adapted model 0 (its file against a λ = 0
     shadow run of the same seed and iterations)."""
-    adapted, _ = checkpoint.load_stylegan2(os.path.join(args.out, "adapted_0.pt"), device=device)
+    adapted, _ = checkpoint.load_gan(os.path.join(args.out, "adapted_0.pt"), device=device)
     shadow = argparse.Namespace(**vars(args))
     shadow.resume = False
     nets, _ = adapt_one(0, shadow, pretrained, negatives, None, model_args, mean_path_length, device)
@@ -289,7 +289,7 @@ def main(args):
     if args.classifier is not None:
         classifier, meta = checkpoint.load_classifier(args.classifier, device)
         oracle = (classifier, meta, *metrics.resolve_negative(meta, args.negative))
-    pretrained, ckpt = checkpoint.load_stylegan2(args.ckpt, device=device)
+    pretrained, ckpt = checkpoint.load_gan(args.ckpt, device=device)
     model_args = ckpt["model_args"]
     if oracle is not None:
         metrics.check_classifier_fits(meta, model_args["size"])

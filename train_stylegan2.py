@@ -22,13 +22,14 @@ import checkpoint
 import dataset
 import gan
 import utils
+from model import GAN_ARCHS
 
-PAPER_MODEL_ARGS = dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512)
+# the architecture flags (model.GAN_ARCHS: each arch takes its own; given ones must fit --ckpt)
+MODEL_FLAGS = ("arch", "size", "style_dim", "n_mlp", "channel_multiplier", "channel_max", "channels")
 
 OUTPUTS = ["pretrained.pt", "retrained.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
 # the flags that make a run what it is: --resume refuses to change them (--iter may grow)
-RUN_FLAGS = ("dataset", "data", "attributes", "exclude", "size", "style_dim", "n_mlp", "channel_multiplier",
-             "channel_max", "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink", "g_reg_every",
+RUN_FLAGS = ("dataset", "data", "attributes", "exclude", *MODEL_FLAGS, "batch", "lr", "r1", "d_reg_every", "path_regularize", "path_batch_shrink", "g_reg_every",
              "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
@@ -52,13 +53,18 @@ def setup_distributed(device):
 def build_or_resume(args, path):
     """(networks on the CPU, model_args, the resumed checkpoint or None). Resuming reads the
     architecture from the checkpoint; architecture flags that are given must agree with it."""
-    given = {k: getattr(args, k) for k in checkpoint.MODEL_ARG_NAMES if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
     if path:
-        nets, resumed = checkpoint.load_stylegan2(path, expect_model_args=given)
+        nets, resumed = checkpoint.load_gan(path, expect_model_args=given)
         return nets, resumed["model_args"], resumed
-    model_args = {**PAPER_MODEL_ARGS, **given}
+    arch = given.setdefault("arch", "stylegan2")
+    foreign = [f"--{k}" for k in given if k != "arch" and k not in GAN_ARCHS[arch].defaults]
+    if foreign:
+        raise utils.UserError(f"{', '.join(foreign)}: not a setting of --arch {arch} "
+                              f"(it takes {', '.join('--' + k for k in GAN_ARCHS[arch].defaults)})")
+    model_args = {**GAN_ARCHS[arch].defaults, **given}
     try:
-        return checkpoint.build_stylegan2(model_args), model_args, None
+        return checkpoint.build_gan(model_args), model_args, None
     except ValueError as err:
         raise utils.UserError(f"--size: {err}")
 
@@ -121,12 +127,19 @@ def create_argparser():
     parser.add_argument("--ckpt", default=None,
                         help="resume from this checkpoint of a run, or fine-tune from a rosinality .pt or an NVlabs "
                              ".pkl (the architecture is read from it)")
+    parser.add_argument("--arch", choices=list(GAN_ARCHS), default=None,
+                        help="the network (default stylegan2): stylegan2 (Karras et al.) or dcgan (Radford et al.: "
+                             "transposed convolutions with batch norm, the paper's Table 4 comparison; no mapping "
+                             "network, so no path-length regularisation or style mixing)")
     parser.add_argument("--size", type=utils.positive_int, default=None, help="image size, a power of two (default 32)")
-    parser.add_argument("--style_dim", type=utils.positive_int, default=None, help="latent/style dimension (default 128; 512 for AFHQ, CelebA-HQ)")
+    parser.add_argument("--style_dim", type=utils.positive_int, default=None,
+                        help="latent/style dimension (default 128, dcgan 100; 512 for AFHQ, CelebA-HQ)")
     parser.add_argument("--n_mlp", type=utils.positive_int, default=None, help="mapping network layers (default 8)")
     parser.add_argument("--channel_multiplier", type=utils.positive_int, default=None, help="channel multiplier (default 2, config-f)")
     parser.add_argument("--channel_max", type=utils.positive_int, default=None,
                         help="cap on every layer's width (default 512 = rosinality's networks; e.g. 64 on a CPU)")
+    parser.add_argument("--channels", type=utils.positive_int, default=None,
+                        help="dcgan: the width at half the image size, doubling toward 4 px (default 64)")
     gan.add_gan_training_args(parser)
     parser.add_argument("--n_sample", type=utils.positive_int, default=64, help="images in each sample grid (fixed latents)")
     parser.add_argument("--sample_every", type=utils.nonnegative_int, default=1000, help="save a sample grid every this many steps")

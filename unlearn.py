@@ -55,10 +55,19 @@ def last_k(g, k):
         raise utils.UserError(f"--last_k {k}: {err}")
 
 
+def freeze_statistics(g, trained):
+    """Batch norms none of whose parameters train (the DC-GAN's, under CF-k and EU-k) normalise with
+    their stored statistics and keep them: a frozen layer stays θ_G's, buffers included."""
+    for name, module in g.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            if not any(f"{name}.{p}" in trained for p, _ in module.named_parameters()):
+                module.eval()
+
+
 def reinitialise(g, names, model_args, seed):
     """Give the tensors `names` of g the values of a freshly constructed generator (EU-k)."""
     torch.manual_seed(seed)
-    fresh = dict(checkpoint.build_stylegan2(model_args, ("g",))["g"].named_parameters())
+    fresh = dict(checkpoint.build_gan(model_args, ("g",))["g"].named_parameters())
     with torch.no_grad():
         for name, param in g.named_parameters():
             if name in names:
@@ -166,7 +175,7 @@ def main(args):
     if args.mu is None:
         args.mu = DEFAULT_MU[args.repulsion]
     device = args.device
-    nets, ckpt = checkpoint.load_stylegan2(args.ckpt, device=device)
+    nets, ckpt = checkpoint.load_gan(args.ckpt, device=device)
     model_args = ckpt["model_args"]
     feedback = checkpoint.load_feedback(args.feedback, checkpoint.state_fingerprint(ckpt["g_ema"]))
     positives = feedback["images"][~feedback["negative"]]
@@ -189,6 +198,8 @@ def main(args):
     os.makedirs(os.path.join(args.out, "checkpoint"), exist_ok=True)
     utils.write_args_json(args.out, args)
     g_params = None if trained is None else [p for name, p in g.named_parameters() if name in set(trained)]
+    if trained is not None:
+        freeze_statistics(g, set(trained))
     g_optim, d_optim = gan.make_optimizers(g, d, args, g_params=g_params)
     gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss,
                            mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)

@@ -244,9 +244,9 @@ def test_multilabel_training_on_an_attribute_table(tmp_path):
 
 
 def test_wrong_checkpoint_kind_is_a_user_error(tmp_path, synthetic_classifier):
-    g = checkpoint.build_stylegan2(dict(size=16, style_dim=16, n_mlp=1, channel_max=16), ("g_ema",))
+    g = checkpoint.build_gan(dict(size=16, style_dim=16, n_mlp=1, channel_max=16), ("g_ema",))
     path = str(tmp_path / "g.pt")
-    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(g, dict(size=16, style_dim=16, n_mlp=1, channel_max=16),
+    checkpoint.save_checkpoint(checkpoint.gan_checkpoint(g, dict(size=16, style_dim=16, n_mlp=1, channel_max=16),
                                                      {}, 0, {}), path)
     with pytest.raises(utils.UserError, match="is a stylegan2 checkpoint, but a classifier"):
         checkpoint.load_classifier(path)

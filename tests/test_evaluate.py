@@ -197,7 +197,7 @@ def tiny_generator(seed):
     """A tiny StyleGAN2 whose output depends visibly on z and on the noise (a fresh one barely
     does: noise weights start at 0 and the modulation near 1)."""
     torch.manual_seed(seed)
-    g = checkpoint.build_stylegan2(MODEL_ARGS, ("g_ema",))["g_ema"].eval()
+    g = checkpoint.build_gan(MODEL_ARGS, ("g_ema",))["g_ema"].eval()
     with torch.no_grad():
         for p in g.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -246,7 +246,7 @@ def test_inversion_recovers_an_image_the_generator_makes():
 
 def save_generator(path, seed):
     nets = {"g_ema": tiny_generator(seed)}
-    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, MODEL_ARGS, {}, 0, {}), path)
+    checkpoint.save_checkpoint(checkpoint.gan_checkpoint(nets, MODEL_ARGS, {}, 0, {}), path)
     return path
 
 

@@ -188,7 +188,7 @@ def test_bad_size_is_a_clear_error(size):
 
 def tiny_nets():
     torch.manual_seed(0)
-    nets = checkpoint.build_stylegan2(TINY)
+    nets = checkpoint.build_gan(TINY)
     perturbed(*nets.values())
     return nets
 
@@ -197,8 +197,8 @@ def test_checkpoint_round_trip(tmp_path):
     nets = tiny_nets()
     path = str(tmp_path / "g.pt")
     args = argparse.Namespace(iter=3, out=str(tmp_path))
-    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, TINY, args, 3, {"data": "x"}), path)
-    loaded, ckpt = checkpoint.load_stylegan2(path)
+    checkpoint.save_checkpoint(checkpoint.gan_checkpoint(nets, TINY, args, 3, {"data": "x"}), path)
+    loaded, ckpt = checkpoint.load_gan(path)
     assert ckpt["kind"] == "stylegan2" and ckpt["step"] == 3 and ckpt["args"]["iter"] == 3
     for name in nets:
         for (k, a), b in zip(nets[name].state_dict().items(), loaded[name].state_dict().values()):
@@ -213,8 +213,8 @@ def test_rosinality_file_loads_and_infers_model_args(tmp_path):
     path = str(tmp_path / "rosinality.pt")
     args = argparse.Namespace(size=16, latent=32, n_mlp=2, channel_multiplier=2, r1=10.0)
     torch.save({name: net.state_dict() for name, net in nets.items()} | {"args": args, "ada_aug_p": 0.0}, path)
-    loaded, ckpt = checkpoint.load_stylegan2(path)
-    assert ckpt["model_args"] == dict(size=16, style_dim=32, n_mlp=2, channel_multiplier=2, channel_max=32)
+    loaded, ckpt = checkpoint.load_gan(path)
+    assert ckpt["model_args"] == dict(arch="stylegan2", size=16, style_dim=32, n_mlp=2, channel_multiplier=2, channel_max=32)
     z = torch.randn(2, 32)
     with torch.no_grad():
         want, _ = nets["g_ema"].eval()([z], randomize_noise=False)
@@ -261,37 +261,37 @@ def one_line_error(call, *args, **kwargs):
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
     nets = tiny_nets()
     good = str(tmp_path / "good.pt")
-    checkpoint.save_checkpoint(checkpoint.stylegan2_checkpoint(nets, TINY, {}, 0, {}), good)
+    checkpoint.save_checkpoint(checkpoint.gan_checkpoint(nets, TINY, {}, 0, {}), good)
 
-    assert "no such file" in one_line_error(checkpoint.load_stylegan2, str(tmp_path / "missing.pt"))
+    assert "no such file" in one_line_error(checkpoint.load_gan, str(tmp_path / "missing.pt"))
 
     truncated = str(tmp_path / "truncated.pt")
     data = open(good, "rb").read()
     open(truncated, "wb").write(data[: len(data) // 2])
-    assert "truncated" in one_line_error(checkpoint.load_stylegan2, truncated)
+    assert "truncated" in one_line_error(checkpoint.load_gan, truncated)
 
     classifier = str(tmp_path / "classifier.pt")
     checkpoint.save_checkpoint({"kind": "classifier", "model": {}}, classifier)
-    assert "is a classifier checkpoint" in one_line_error(checkpoint.load_stylegan2, classifier)
+    assert "is a classifier checkpoint" in one_line_error(checkpoint.load_gan, classifier)
 
     pickled = str(tmp_path / "pickled.pt")
     torch.save({"g_ema": nets["g_ema"].state_dict(), "args": object()}, pickled)
-    assert "refused to unpickle" in one_line_error(checkpoint.load_stylegan2, pickled)
+    assert "refused to unpickle" in one_line_error(checkpoint.load_gan, pickled)
 
     other = str(tmp_path / "other_arch.pt")
-    ckpt = checkpoint.stylegan2_checkpoint(nets, TINY, {}, 0, {})
+    ckpt = checkpoint.gan_checkpoint(nets, TINY, {}, 0, {})
     ckpt["model_args"] = dict(TINY, channel_max=16)
     checkpoint.save_checkpoint(ckpt, other)
-    message = one_line_error(checkpoint.load_stylegan2, other)
+    message = one_line_error(checkpoint.load_gan, other)
     assert "does not fit Generator" in message and "shape" in message
 
-    message = one_line_error(checkpoint.load_stylegan2, good, expect_model_args={"channel_multiplier": 1})
+    message = one_line_error(checkpoint.load_gan, good, expect_model_args={"channel_multiplier": 1})
     assert "channel_multiplier 2 in the file vs 1 asked for" in message
 
     not_a_gan = str(tmp_path / "not_a_gan.pt")
     torch.save({"g_ema": {"weight": torch.zeros(1)}}, not_a_gan)
-    assert "not a StyleGAN2 generator" in one_line_error(checkpoint.load_stylegan2, not_a_gan)
+    assert "not a StyleGAN2 generator" in one_line_error(checkpoint.load_gan, not_a_gan)
 
 
 def test_a_folder_given_as_a_checkpoint_says_so(tmp_path):
-    assert "is a folder, not a checkpoint file" in one_line_error(checkpoint.load_stylegan2, str(tmp_path))
+    assert "is a folder, not a checkpoint file" in one_line_error(checkpoint.load_gan, str(tmp_path))

@@ -25,7 +25,7 @@ MODEL_ARGS = dict(size=16, style_dim=16, n_mlp=2, channel_max=16)
 
 def perturbed_nets(seed=0):
     torch.manual_seed(seed)
-    nets = checkpoint.build_stylegan2(MODEL_ARGS)
+    nets = checkpoint.build_gan(MODEL_ARGS)
     with torch.no_grad():  # fresh networks have zero noise strengths and biases: they would hide mix-ups
         for net in nets.values():
             for p in net.parameters():
@@ -46,7 +46,7 @@ def snapshot(tmp_path_factory):
 
 
 def test_snapshot_maps_exactly_onto_our_networks(snapshot):
-    loaded, ckpt = checkpoint.load_stylegan2(snapshot["path"])
+    loaded, ckpt = checkpoint.load_gan(snapshot["path"])
     nets = snapshot["nets"]
     assert ckpt["model_args"] == checkpoint.complete_model_args({**MODEL_ARGS, "channel_multiplier": 1})
     assert ckpt["nvlabs"]["kimg"] == 120 and torch.equal(ckpt["latent_avg"], snapshot["w_avg"])
@@ -73,7 +73,7 @@ def test_numpy_1_and_numpy_2_scalars(snapshot, tmp_path):
     other = b"numpy.core.multiarray" if module == b"numpy._core.multiarray" else b"numpy._core.multiarray"
     (tmp_path / "v1.pkl").write_bytes(data.replace(module + b"\nscalar\n", other + b"\nscalar\n"))
     for name in ("v1.pkl", "v2.pkl"):
-        _, ckpt = checkpoint.load_stylegan2(str(tmp_path / name))
+        _, ckpt = checkpoint.load_gan(str(tmp_path / name))
         assert ckpt["model_args"]["style_dim"] == 16
 
 
@@ -159,7 +159,7 @@ def test_convert_writes_a_checkpoint_of_ours(snapshot, tmp_path):
     assert done.returncode == 0, done.stderr
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert ckpt["kind"] == "stylegan2" and torch.equal(ckpt["latent_avg"], snapshot["w_avg"])
-    loaded, _ = checkpoint.load_stylegan2(str(out))
+    loaded, _ = checkpoint.load_gan(str(out))
     assert all(torch.equal(v, snapshot["nets"]["g_ema"].state_dict()[k]) for k, v in loaded["g_ema"].state_dict().items())
     assert "convert reads NVlabs .pkl" in cli_error(checkpoint, "convert", str(out), str(tmp_path / "x.pt"))
     assert "is a folder" in cli_error(checkpoint, "convert", snapshot["path"], str(tmp_path))

@@ -88,7 +88,7 @@ def test_feedback_and_stage1(chain, adapted):
     assert int(feedback["negative"].sum()) == chain["n_negative"]
     assert feedback["labelled_by"]["negative"] == chain["negative"]
     for j, path in enumerate(adapted["adapted"]):
-        nets, ckpt = checkpoint.load_stylegan2(path)
+        nets, ckpt = checkpoint.load_gan(path)
         assert ckpt["method"]["stage"] == "negative_adapt" and ckpt["method"]["model_index"] == j
         assert ckpt["method"]["n_negatives"] == chain["n_negative"]
     # Stage 1 continues from the pre-trained running path length (from 0 the path penalty would
@@ -112,7 +112,7 @@ def test_stage1_shift_and_ema_pull(chain, adapted, tmp_path, capsys):
         run_main(negative_adapt, *common, "--ewc_lambda", lam, "--out", tmp_path / lam)
         line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("shift of adapted model 0")][-1]
         shifts[lam] = float(re.search(r"= ([0-9.]+) \(λ = ", line).group(1))
-        nets, ckpt = checkpoint.load_stylegan2(str(tmp_path / lam / "adapted_0.pt"))
+        nets, ckpt = checkpoint.load_gan(str(tmp_path / lam / "adapted_0.pt"))
         theta_g = list(checkpoint.load_generator(chain["gan"])[0].parameters())
         pull = method.ema_pull(list(nets["g_ema"].parameters()), list(nets["g"].parameters()), theta_g)
         assert abs(pull) <= 0.05 and pull == pytest.approx(ckpt["method"]["ema_pull"])
@@ -142,8 +142,8 @@ def test_curated_feedback_from_image_folders(chain, adapted, tmp_path, capsys):
     assert torch.equal(curated["images"], torch.cat([negatives, positives[:20]])) and "z" not in curated
     assert curated["negative"].tolist() == [True] * len(negatives) + [False] * 20
     assert curated["labelled_by"]["folders"]["positives"] == str(tmp_path / "pos")
-    ours, _ = checkpoint.load_stylegan2(str(tmp_path / "curated" / "adapted_0.pt"))
-    theirs, _ = checkpoint.load_stylegan2(adapted["adapted"][0])
+    ours, _ = checkpoint.load_gan(str(tmp_path / "curated" / "adapted_0.pt"))
+    theirs, _ = checkpoint.load_gan(adapted["adapted"][0])
     for a, b in zip(ours["g_ema"].state_dict().values(), theirs["g_ema"].state_dict().values()):
         assert torch.equal(a, b)
 
@@ -177,7 +177,7 @@ def test_feedback_oracle_trained_at_another_size_is_flagged(chain, tmp_path, cap
     """The chain's classifier saw 8 px data; labelling a 16 px generator's samples with it warns."""
     model_args = dict(size=16, style_dim=8, n_mlp=1, channel_max=8)
     gan16 = str(tmp_path / "gan16.pt")
-    checkpoint.save_generator(gan16, checkpoint.build_stylegan2(model_args), model_args, {}, 0, {})
+    checkpoint.save_generator(gan16, checkpoint.build_gan(model_args), model_args, {}, 0, {})
     try:
         run_main(negative_adapt, "--ckpt", gan16, "--classifier", chain["clf"], "--negative", chain["negative"],
                  "--n_feedback", 20, "--n_models", 1, "--iter", 1, "--fisher_samples", 4, "--n_eval", 4, *SHORT,
@@ -201,7 +201,7 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain, adapted):
     last_3 = [name for _, names in pretrained.layers()[-3:] for name in names]  # to_rgbs.0, convs.0, convs.1 at 8 px
     assert last_3[0].startswith("convs.0.") and last_3[-1].startswith("to_rgbs.0.")
     for name in UNLEARN_METHODS:
-        nets, ckpt = checkpoint.load_stylegan2(str(root / f"unlearn_{name}" / "unlearned.pt"))
+        nets, ckpt = checkpoint.load_gan(str(root / f"unlearn_{name}" / "unlearned.pt"))
         assert ckpt["method"]["stage"] == "unlearn" and ckpt["step"] == 20
         assert ckpt["mean_path_length"] > 0.5 * checkpoint.load_checkpoint(chain["gan"])["mean_path_length"]
         g_ema = nets["g_ema"].state_dict()
@@ -227,7 +227,7 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain, adapted):
     assert repulsion["d0"] > 0 and len(repulsion["adapted"]) == 2
 
     # gamma 0 is the pre-trained generator itself
-    extrapolated, ckpt = checkpoint.load_stylegan2(str(root / "extrapolate" / "extrapolated_0.pt"))
+    extrapolated, ckpt = checkpoint.load_gan(str(root / "extrapolate" / "extrapolated_0.pt"))
     assert all(torch.equal(v, theta_g[k]) for k, v in extrapolated["g_ema"].state_dict().items())
     assert ckpt["method"]["gamma"] == 0
 
@@ -266,14 +266,14 @@ def test_bad_input(chain, adapted):
     root = chain["root"]
     feedback = adapted["feedback"]
     # another generator of the same architecture, and one of another architecture
-    nets, ckpt = checkpoint.load_stylegan2(chain["gan"])
+    nets, ckpt = checkpoint.load_gan(chain["gan"])
     with torch.no_grad():
         nets["g_ema"].style[1].bias.add_(1.0)
     other = str(root / "other.pt")
     checkpoint.save_generator(other, nets, ckpt["model_args"], {}, 0, {})
     wide_args = dict(size=8, style_dim=8, n_mlp=1, channel_max=16)
     wide = str(root / "wide.pt")
-    checkpoint.save_generator(wide, checkpoint.build_stylegan2(wide_args), wide_args, {}, 0, {})
+    checkpoint.save_generator(wide, checkpoint.build_gan(wide_args), wide_args, {}, 0, {})
 
     cases = [  # (expected words in the error, script, arguments)
         (["no positive", "--n_feedback"], negative_adapt,
@@ -323,7 +323,7 @@ def test_adapted_models_without_provenance_warn(chain, adapted, tmp_path, capsys
 def test_an_nvlabs_snapshot_goes_through_the_chain(chain, adapted, tmp_path):
     """The chain's GAN as an NVlabs-format .pkl: the same generator (same fingerprint, same feedback),
     and every stage reads it: negative_adapt -> unlearn -> evaluate -> generate."""
-    nets, _ = checkpoint.load_stylegan2(chain["gan"])
+    nets, _ = checkpoint.load_gan(chain["gan"])
     w_avg = nets["g_ema"].mean_latent(64)[0].detach()
     pkl = write_snapshot(str(tmp_path / "network-snapshot-000040.pkl"), generator(nets["g"], w_avg),
                          discriminator(nets["d"], 8), generator(nets["g_ema"], w_avg))

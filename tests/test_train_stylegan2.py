@@ -38,7 +38,7 @@ def test_tiny_run_writes_loadable_checkpoints(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "checkpoint"))) == ["000003.pt"]
     assert os.path.exists(os.path.join(out, "args.json"))
     assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "sample")))
-    nets, ckpt = checkpoint.load_stylegan2(os.path.join(out, "pretrained.pt"))
+    nets, ckpt = checkpoint.load_gan(os.path.join(out, "pretrained.pt"))
     assert ckpt["step"] == 6 and ckpt["model_args"]["size"] == 8 and ckpt["args"]["iter"] == 6
     assert {"g_optim", "d_optim", "rng", "sources"} <= set(ckpt)
     images, _ = nets["g_ema"].eval()([torch.randn(2, 8)])
@@ -317,7 +317,7 @@ def test_ewc_fisher_is_normalised_and_anchors_the_synthesis_network():
     Fisher 100x) gives the same penalty; `synthesis` leaves out the mapping network and the
     constant input; the penalty is λ·Σ F̂ (θ − θ_G)² by hand."""
     model_args = dict(size=8, style_dim=8, n_mlp=2, channel_max=8)
-    nets = checkpoint.build_stylegan2(model_args)
+    nets = checkpoint.build_gan(model_args)
     args = argparse.Namespace(ewc_params="synthesis", fisher_samples=8, mixing=0.0, ewc_lambda=3.0)
     penalties = []
     for factor in (1.0, 10.0):
@@ -332,7 +332,7 @@ def test_ewc_fisher_is_normalised_and_anchors_the_synthesis_network():
     assert set(small.names) == {n for n, _ in nets["g"].named_parameters()} - {
         n for n, _ in nets["g"].named_parameters() if n.startswith(("style.", "input."))}
 
-    moved = checkpoint.build_stylegan2(model_args, ("g",))["g"]
+    moved = checkpoint.build_gan(model_args, ("g",))["g"]
     moved.load_state_dict(nets["g"].state_dict())
     assert float(small(moved).detach()) == 0
     with torch.no_grad():
