@@ -133,14 +133,16 @@ class GANStep:
     regularisation, EMA), used unchanged by every stage that trains a GAN.
 
     `g_extra_loss(g)`, if given, returns a term added to the generator's loss (EWC, repulsion,
-    l1); the optimizers decide which tensors are updated (CF-k and EU-k give G's a subset).
+    l1), `d_extra_loss(d, step)` one added to the discriminator's (DRed's negatives shown as fake); the
+    optimizers decide which tensors are updated (CF-k and EU-k give G's a subset).
     Under torch.distributed every process runs it on its own batch and gradients are averaged.
     """
 
-    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, mean_path_length=0.0, device="cpu"):
+    def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, mean_path_length=0.0, device="cpu",
+                 d_extra_loss=None):
         self.g, self.d, self.g_ema, self.args = g, d, g_ema, args
         self.g_optim, self.d_optim = g_optim, d_optim
-        self.g_extra_loss = g_extra_loss
+        self.g_extra_loss, self.d_extra_loss = g_extra_loss, d_extra_loss
         self.device = device
         # fine-tuning must start from the checkpoint's running path length: from 0 the path-length
         # penalty would pull G's Jacobian towards zero for hundreds of steps and blur the samples
@@ -163,8 +165,12 @@ class GANStep:
         d.requires_grad_(True)
         fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
         d_loss = d_logistic_loss(d(real_img), d(fake_img))
-        self._update(d_loss, d, self.d_optim)
         losses["d"] = d_loss.detach()
+        if self.d_extra_loss is not None:
+            extra = self.d_extra_loss(d, step)
+            d_loss = d_loss + extra
+            losses["d_extra"] = extra.detach()
+        self._update(d_loss, d, self.d_optim)
 
         if args.d_reg_every > 0 and step % args.d_reg_every == 0:
             real_img = real_img.detach().requires_grad_(True)

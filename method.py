@@ -13,6 +13,7 @@ before they get here.
 """
 
 import torch
+from torch.nn import functional as F
 
 
 def select_parameters(state_dict, names):
@@ -214,6 +215,20 @@ def extrapolate(theta_g, theta_neg, gamma):
         out[name] = value + gamma * (value - theta_neg_mean)
     return out
 
+
+def redaction_loss(d_negatives, weight):
+    """DRed's extra discriminator term (Kong & Chaudhuri, 2023): the samples to redact shown to D as
+    fake, weight · E softplus(D(x⁻)). Beside the usual E softplus(−D(x⁺)) + E softplus(D(G(z))) it
+    makes D's fake distribution the mixture λ·p_G + (1 − λ)·p⁻ of their objective, with
+    weight = (1 − λ)/λ (the real term scaled by 1/λ: the same optimum for G)."""
+    return weight * F.softplus(d_negatives).mean()
+
+
+def substitution_loss(images, substitutes, weight):
+    """CUA's substitution term on the generator (Sun et al., 2023, our reading): the images G draws
+    at the latents of the unlearned samples are pulled to the retained samples that substitute for
+    them, weight · mean ‖G(z⁻) − x_s‖² (per pixel, images in [−1, 1])."""
+    return weight * (images - substitutes).square().mean()
 
 
 def l1_penalty(params, weight):

@@ -16,7 +16,7 @@ OUT/sample/, periodic checkpoints in OUT/checkpoint/ and OUT/args.json.
 """
 
 import os
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -32,8 +32,8 @@ DEFAULT_ALPHA = 1.0
 OUTPUTS = ["unlearned.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
 # the flags that make a run what it is: --resume refuses to change them (--iter may grow)
 RUN_FLAGS = ("ckpt", "feedback", "adapted", "method", "repulsion", "mu", "alpha", "ewc_lambda", "ewc_params",
-             "fisher_samples", "last_k", "l1", "batch", "lr", "r1", "d_reg_every", "path_regularize",
-             "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
+             "fisher_samples", "last_k", "l1", "dred_weight", "cua_beta", "batch", "lr", "r1", "d_reg_every",
+             "path_regularize", "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
 def load_adapted(paths, pretrained_ckpt, param_names, device):
@@ -74,12 +74,21 @@ def reinitialise(g, names, model_args, seed):
                 param.copy_(fresh[name])
 
 
-# Each method: setup(args, nets, theta_g, ckpt = the pre-trained checkpoint, device) -> (the generator's extra loss
-# g -> scalar or None, the names of the tensors that train or None for all, the details the
-# checkpoint records). It may change nets["g"] and nets["g_ema"] before training starts.
+class Setup(NamedTuple):
+    """What a method changes in the shared GAN step: extra loss terms g_loss(g) and d_loss(d, step)
+    (None: none), the names of the generator tensors that train (None: all), and the details the
+    checkpoint records."""
+    g_loss: Optional[Callable] = None
+    d_loss: Optional[Callable] = None
+    trained: Optional[list] = None
+    details: dict = {}
 
 
-def setup_repulsion(args, nets, theta_g, ckpt, device):
+# Each method: setup(args, nets, theta_g, ckpt = the pre-trained checkpoint, feedback, device) -> Setup.
+# It may change nets["g"] and nets["g_ema"] before training starts.
+
+
+def setup_repulsion(args, nets, theta_g, ckpt, feedback, device):
     names = [name for name, _ in nets["g"].named_parameters()]
     theta_neg = load_adapted(args.adapted, ckpt, names, device)
     adapted = method.AdaptedParameters(theta_g, theta_neg)  # loaded once, kept on the device
@@ -87,35 +96,89 @@ def setup_repulsion(args, nets, theta_g, ckpt, device):
     def loss(g):
         return method.repulsion_loss(args.repulsion, adapted.relative_distance(list(g.parameters())),
                                      args.mu, args.alpha)
-    return loss, None, {"repulsion": args.repulsion, "mu": args.mu, "alpha": args.alpha, "d0": adapted.d0,
-                        "adapted": [os.path.abspath(p) for p in args.adapted]}
+    return Setup(g_loss=loss, details={"repulsion": args.repulsion, "mu": args.mu, "alpha": args.alpha,
+                                       "d0": adapted.d0, "adapted": [os.path.abspath(p) for p in args.adapted]})
 
 
-def setup_finetune(args, nets, theta_g, ckpt, device):
-    return None, None, {}
+def setup_finetune(args, nets, theta_g, ckpt, feedback, device):
+    return Setup()
 
 
-def setup_ewc(args, nets, theta_g, ckpt, device):
+def setup_ewc(args, nets, theta_g, ckpt, feedback, device):
     ewc = gan.EWCPenalty(nets["g"], nets["d"], args, device)
-    return ewc, None, {**ewc.record(), "ewc_params": args.ewc_params, "fisher_samples": args.fisher_samples}
+    return Setup(g_loss=ewc, details={**ewc.record(), "ewc_params": args.ewc_params,
+                                      "fisher_samples": args.fisher_samples})
 
 
-def setup_cf_k(args, nets, theta_g, ckpt, device):
+def setup_cf_k(args, nets, theta_g, ckpt, feedback, device):
     names = last_k(nets["g"], args.last_k)
-    return None, names, {"last_k": names}
+    return Setup(trained=names, details={"last_k": names})
 
 
-def setup_eu_k(args, nets, theta_g, ckpt, device):
+def setup_eu_k(args, nets, theta_g, ckpt, feedback, device):
     names = last_k(nets["g"], args.last_k)
     reinitialise(nets["g"], set(names), ckpt["model_args"], args.seed + 1)
     nets["g_ema"].load_state_dict(nets["g"].state_dict())  # the re-initialised layers, in g and g_ema alike
-    return None, names, {"last_k": names}
+    return Setup(trained=names, details={"last_k": names})
 
 
-def setup_l1_sparse(args, nets, theta_g, ckpt, device):
+def setup_l1_sparse(args, nets, theta_g, ckpt, feedback, device):
     def loss(g):
         return method.l1_penalty(list(g.parameters()), args.l1)
-    return loss, None, {"l1": args.l1}
+    return Setup(g_loss=loss, details={"l1": args.l1})
+
+
+def negatives_of(feedback):
+    """The feedback's negatives (uint8 images), which DRed and CUA show to D as fake."""
+    negatives = feedback["images"][feedback["negative"]]
+    if len(negatives) == 0:
+        raise utils.UserError("--feedback holds no negative sample for D to call fake")
+    return negatives
+
+
+def setup_dred(args, nets, theta_g, ckpt, feedback, device):
+    next_negatives = gan.random_batches(negatives_of(feedback), args.batch, device)
+
+    def d_loss(d, step):
+        return method.redaction_loss(d(next_negatives()), args.dred_weight)
+    return Setup(d_loss=d_loss, details={"dred_weight": args.dred_weight, "negatives": int(feedback["negative"].sum())})
+
+
+class CUACascade:
+    """CUA's cascade (Sun et al., 2023, in our reading: the paper's text was not at hand): the steps
+    alternate an unlearning step (D also calls a batch of negatives fake; G also draws, at a batch
+    of the negatives' latents z⁻, the positives that substitute for them, pairs drawn once from
+    --seed) and a learning step (the plain GAN step on the positives)."""
+
+    def __init__(self, args, feedback, device):
+        if feedback.get("z") is None:
+            raise utils.UserError("--method cua needs the negatives' latents: feedback of generated samples, not "
+                                  "of --negatives folders")
+        negatives, positives = feedback["negative"], ~feedback["negative"]
+        self.negatives = negatives_of(feedback).to(device)
+        self.z = feedback["z"][negatives].to(device)
+        pairing = torch.randint(int(positives.sum()), (len(self.z),), generator=torch.Generator().manual_seed(args.seed))
+        self.substitutes = feedback["images"][positives][pairing].to(device)
+        self.args, self.batch = args, None
+
+    def d_loss(self, d, step):  # called before g_loss in each step
+        self.batch = None
+        if step % 2:  # a learning step
+            return torch.zeros((), device=self.z.device)
+        self.batch = torch.randint(len(self.z), (self.args.batch,), device=self.z.device)
+        return method.redaction_loss(d(utils.from_uint8(self.negatives[self.batch])), 1.0)
+
+    def g_loss(self, g):
+        if self.batch is None:
+            return torch.zeros((), device=self.z.device)
+        images, _ = g([self.z[self.batch]])
+        return method.substitution_loss(images, utils.from_uint8(self.substitutes[self.batch]), self.args.cua_beta)
+
+
+def setup_cua(args, nets, theta_g, ckpt, feedback, device):
+    cascade = CUACascade(args, feedback, device)
+    return Setup(g_loss=cascade.g_loss, d_loss=cascade.d_loss,
+                 details={"cua_beta": args.cua_beta, "negatives": len(cascade.z)})
 
 
 class Method(NamedTuple):
@@ -132,6 +195,11 @@ METHODS = {
     "eu_k": Method(setup_eu_k, "the same layers are re-initialised (in g and g_ema), then trained, the rest frozen "
                                "(exact unlearning-k)"),
     "l1_sparse": Method(setup_l1_sparse, "+ --l1 · ‖θ‖₁ over all generator parameters (ℓ1-sparse fine-tuning)"),
+    "dred": Method(setup_dred, "data redaction (Kong & Chaudhuri, 2023): D is also shown the negatives as fake, "
+                               "--dred_weight · E softplus(D(x⁻))"),
+    "cua": Method(setup_cua, "cascaded unlearning (Sun et al., 2023): unlearning steps (negatives shown to D as fake; "
+                             "G pulled, at the negatives' latents, to substitute positives, --cua_beta) alternate "
+                             "with plain learning steps on the positives"),
 }
 
 
@@ -158,6 +226,11 @@ def create_argparser():
                              "and bias, a ToRGB, the constant input, or a mapping linear; at 32 px the last 10 are "
                              "every synthesis layer but the first 4x4 convolution")
     parser.add_argument("--l1", type=utils.nonnegative_float, default=5e-5, help="l1_sparse: weight of Σ|θ| (official code: 5e-5)")
+    parser.add_argument("--dred_weight", type=utils.positive_float, default=1.0,
+                        help="dred: weight w of the negatives as fake beside the generated samples: D's fake "
+                             "distribution is DRed's mixture λ·p_G + (1 − λ)·p⁻ with w = (1 − λ)/λ (1: λ = 0.5)")
+    parser.add_argument("--cua_beta", type=utils.nonnegative_float, default=1.0,
+                        help="cua: weight of the substitution term mean ‖G(z⁻) − x_s‖² (images in [-1, 1])")
     parser.add_argument("--iter", type=utils.positive_int, default=1000, help="Stage-2 iterations (official MNIST runs: 1000)")
     gan.add_gan_training_args(parser, ema_rampup=gan.FINE_TUNE_EMA_RAMPUP, mixing=0.0, mixing_help=(
         "; 0 here, unlike pre-training's 0.9: sampling and evaluation never mix, and on MNIST at CPU scale "
@@ -189,7 +262,8 @@ def main(args):
     g, d, g_ema = nets["g"], nets["d"], nets["g_ema"].eval()
     g.load_state_dict(g_ema.state_dict())  # θ_P starts at θ_G (the EMA generator), as in the paper
     theta_g = [p.detach().clone() for p in g.parameters()]
-    extra_loss, trained, details = METHODS[args.method].setup(args, nets, theta_g, ckpt, device)
+    setup = METHODS[args.method].setup(args, nets, theta_g, ckpt, feedback, device)
+    trained, details = setup.trained, dict(setup.details)
     # every input is read and checked: only now is --out made
     if args.resume:
         checkpoint.check_same_run(args, RUN_FLAGS)
@@ -201,7 +275,7 @@ def main(args):
     if trained is not None:
         freeze_statistics(g, set(trained))
     g_optim, d_optim = gan.make_optimizers(g, d, args, g_params=g_params)
-    gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=extra_loss,
+    gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=setup.g_loss, d_extra_loss=setup.d_loss,
                            mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)
     start, resume_from = 0, checkpoint.last_checkpoint(args.out, "unlearned.pt") if args.resume else None
     if resume_from is not None:

@@ -329,23 +329,19 @@ def grid(args, runner, digit):
     write_lines(os.path.join(root, "grid.md"), lines)
 
 
-def create_argparser():
-    parser = utils.make_parser(__doc__)
-    parser.add_argument("--digits", nargs="+", default=["8"], help="the digits to unlearn, one after the other "
+def add_run_args(parser, digits, out, gan_iter):
+    """The flags every CPU-scale driver shares (this one and table4_dcgan.py)."""
+    parser.add_argument("--digits", nargs="+", default=digits, help="the digits to unlearn, one after the other "
                         "(the pre-trained GAN and the LeNets are shared)")
     parser.add_argument("--seeds", type=utils.nonnegative_int, nargs="+", default=[0, 1, 2],
                         help="Stage-2 seeds of every method (the table gives mean ± std over them)")
     parser.add_argument("--data", default="data", help="MNIST root in torchvision's layout (downloaded when missing "
                         "and online); a subset such as a 5,000-image one works")
-    parser.add_argument("--out", default="runs/mnist_cpu", help="output folder (an interrupted run continues in it)")
-    parser.add_argument("--grid", choices=["all", "stage1"], nargs="?", const="all", default=None,
-                        help="run the protocol that chose the defaults instead (grid/grid.md), on one digit; "
-                             "--grid stage1 stops after the λ grid (the shift r at another --channel_max)")
+    parser.add_argument("--out", default=out, help="output folder (an interrupted run continues in it)")
     parser.add_argument("--dry_run", action="store_true", help="print every command and check its flags; run nothing")
     parser.add_argument("--device", default="cpu", help="cuda or cpu (the tables are from cpu)")
     size = parser.add_argument_group("the configuration (the defaults are the published run; small values give a smoke run)")
-    size.add_argument("--gan_iter", type=utils.positive_int, default=7000, help="GAN iterations")
-    size.add_argument("--channel_max", type=utils.positive_int, default=64, help="the GAN's channel cap (its width)")
+    size.add_argument("--gan_iter", type=utils.positive_int, default=gan_iter, help="GAN iterations")
     size.add_argument("--stage1_iter", type=utils.positive_int, default=200, help="Stage-1 iterations per model")
     size.add_argument("--stage2_iter", type=utils.positive_int, default=200, help="Stage-2 and baseline iterations")
     size.add_argument("--n_feedback", type=utils.positive_int, default=3000, help="generated samples the oracle labels")
@@ -362,6 +358,16 @@ def create_argparser():
     threads.add_argument("--train_jobs", type=utils.positive_int, default=2, help="Stage-1 and Stage-2 runs at once "
                          "(with --threads 1 on 2 cores, 2 runs at once keep both busy; a run's result does not "
                          "depend on it)")
+    return size
+
+
+def create_argparser():
+    parser = utils.make_parser(__doc__)
+    size = add_run_args(parser, ["8"], "runs/mnist_cpu", 7000)
+    size.add_argument("--channel_max", type=utils.positive_int, default=64, help="the GAN's channel cap (its width)")
+    parser.add_argument("--grid", choices=["all", "stage1"], nargs="?", const="all", default=None,
+                        help="run the protocol that chose the defaults instead (grid/grid.md), on one digit; "
+                             "--grid stage1 stops after the λ grid (the shift r at another --channel_max)")
     return parser
 
 

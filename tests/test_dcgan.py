@@ -97,7 +97,8 @@ def test_checkpoints_name_the_architecture(chain, tmp_path):
 def test_every_stage_runs_on_it_unchanged(chain, tmp_path):
     theta_g = checkpoint.load_generator(chain["gan"])[0].state_dict()
     for name, flags in {"el2": ["--repulsion", "el2"], "eu_k": ["--method", "eu_k", "--last_k", 1],
-                        "ewc": ["--method", "ewc", "--fisher_samples", 8]}.items():
+                        "ewc": ["--method", "ewc", "--fisher_samples", 8], "dred": ["--method", "dred"],
+                        "cua": ["--method", "cua"]}.items():
         run_main(unlearn, "--ckpt", chain["gan"], "--feedback", chain["feedback"], "--adapted", *chain["adapted"],
                  *flags, "--iter", 20, *SHORT, "--out", tmp_path / name)
         nets, ckpt = checkpoint.load_gan(str(tmp_path / name / "unlearned.pt"))
@@ -117,3 +118,43 @@ def test_every_stage_runs_on_it_unchanged(chain, tmp_path):
     rows = run_main(generate, "--ckpt", chain["gan"], tmp_path / "el2" / "unlearned.pt", "--seeds", "0-3",
                     "--trunc", 0.7, "--out", tmp_path / "samples")
     assert len(rows) == 2 and (tmp_path / "samples" / "grid.png").is_file()
+
+
+def test_cua_cascade_alternates_and_pairs_negatives_with_positives(chain):
+    feedback = checkpoint.load_checkpoint(chain["feedback"], "feedback")
+    args = unlearn.create_argparser().parse_args(["--ckpt", "x", "--feedback", "x", "--method", "cua", "--batch", "4",
+                                                  "--cua_beta", "2"])
+    cascade = unlearn.CUACascade(args, feedback, "cpu")
+    negatives = feedback["negative"]
+    assert torch.equal(cascade.z, feedback["z"][negatives]) and len(cascade.substitutes) == int(negatives.sum())
+    # every substitute is one of the positives, the same pairs for the same --seed
+    positives = {bytes(x.numpy()) for x in feedback["images"][~negatives]}
+    assert all(bytes(x.numpy()) in positives for x in cascade.substitutes)
+    assert torch.equal(unlearn.CUACascade(args, feedback, "cpu").substitutes, cascade.substitutes)
+    nets, _ = checkpoint.load_gan(chain["gan"])
+    g, d = nets["g_ema"], nets["d"].eval()
+    # an unlearning step (even): D's negatives term and G's substitution term, as by hand
+    d_term = cascade.d_loss(d, 0)
+    want = torch.nn.functional.softplus(d(utils.from_uint8(cascade.negatives[cascade.batch]))).mean()
+    assert float(d_term.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    images = g([cascade.z[cascade.batch]])[0]
+    want = 2 * (images - utils.from_uint8(cascade.substitutes[cascade.batch])).square().mean()
+    assert float(cascade.g_loss(g).detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    # a learning step (odd): no extra term on either side
+    assert float(cascade.d_loss(d, 1)) == 0 and float(cascade.g_loss(g)) == 0
+
+
+def test_cua_needs_latents_and_dred_negatives(chain, tmp_path):
+    feedback = checkpoint.load_checkpoint(chain["feedback"], "feedback")
+    fingerprint = feedback["generator_fingerprint"]
+    no_z = checkpoint.save_feedback(str(tmp_path / "curated.pt"), feedback["images"], feedback["negative"],
+                                    {"folders": {"negatives": "n", "positives": "p"}}, fingerprint)
+    line = cli_error(unlearn, "--ckpt", chain["gan"], "--feedback", no_z, "--method", "cua", "--out", tmp_path / "a")
+    assert "--method cua needs the negatives' latents" in line
+    none_negative = checkpoint.save_feedback(str(tmp_path / "none.pt"), feedback["images"],
+                                             torch.zeros_like(feedback["negative"]), feedback["labelled_by"],
+                                             fingerprint, z=feedback["z"])
+    line = cli_error(unlearn, "--ckpt", chain["gan"], "--feedback", none_negative, "--method", "dred",
+                     "--out", tmp_path / "b")
+    assert "holds no negative sample" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

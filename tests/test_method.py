@@ -178,3 +178,17 @@ def test_normalised_fisher_squared_distance_and_ema_pull_by_hand():
     g_ema = [g[0] + 0.25 * (theta_g[0] - g[0]) + sideways]
     assert method.ema_pull(g_ema, g, theta_g) == pytest.approx(0.25)
     assert method.ema_pull(g, g, theta_g) == 0 and method.ema_pull(theta_g, g, theta_g) == pytest.approx(1.0)
+
+
+def test_redaction_and_substitution_losses_by_hand():
+    """DRed: w · mean softplus(D(x⁻)); at logits 0 and ln 3: (ln 2 + ln 4) / 2 = 1.5 ln 2.
+    CUA: β · the per-pixel mean squared distance to the substitutes."""
+    d_negatives = torch.tensor([[0.0], [math.log(3.0)]])
+    assert float(method.redaction_loss(d_negatives, 2.0)) == pytest.approx(3 * math.log(2.0), rel=1e-6)
+    images = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    substitutes = torch.ones(2, 3, 4, 4)
+    substitutes[1] = -2.0  # squared distances 1 and 4 per pixel: mean 2.5
+    loss = method.substitution_loss(images, substitutes, 0.5)
+    assert float(loss) == pytest.approx(1.25)
+    loss.backward()  # d/dx of 0.5 · mean (x − s)² = (x − s) / 96 per pixel
+    assert torch.allclose(images.grad, -substitutes / 96)
