@@ -145,7 +145,8 @@ def setup_dred(args, nets, theta_g, ckpt, feedback, device):
 
 
 class CUACascade:
-    """CUA's cascade (Sun et al., 2023, in our reading: the paper's text was not at hand): the steps
+    """CUA's cascade (Sun et al., 2023; the fake label 0, the pairing and the 1:1 alternation are
+    our choices where the paper leaves them open): the steps
     alternate an unlearning step (D also calls a batch of negatives fake; G also draws, at a batch
     of the negatives' latents z⁻, the positives that substitute for them, pairs drawn once from
     --seed) and a learning step (the plain GAN step on the positives)."""
