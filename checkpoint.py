@@ -21,7 +21,8 @@ import sys
 import torch
 
 import nvlabs
-from model import CLASSIFIERS, GAN_ARCHS, ClassifierEnsemble, build_classifier
+from classifiers import CLASSIFIERS, ClassifierEnsemble, build_classifier
+from model import GAN_ARCHS
 from utils import UserError, atomic_write, make_parser, run_cli
 
 
@@ -314,7 +315,7 @@ def class_names(meta):
 
 def load_classifier(path, device="cpu"):
     """A classifier checkpoint -> (model on `device` in eval mode, meta = the checkpoint's other
-    fields plus "path"). A checkpoint with "members" > 1 holds an ensemble (model.ClassifierEnsemble,
+    fields plus "path"). A checkpoint with "members" > 1 holds an ensemble (classifiers.ClassifierEnsemble,
     keys "members.{i}.*"); it is used like one network. Always eval(): BatchNorm must not use the
     statistics of a generated batch (the official AFHQ code forgot it)."""
     ckpt = load_checkpoint(path, "classifier")

@@ -77,9 +77,8 @@ def accumulate(ema, model, decay):
     statistics (the DC-GAN's) are copied, as NVlabs copies buffers."""
     ema_params, params = list(ema.parameters()), list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1 - decay)
-    for ema_module, module in zip(ema.modules(), model.modules()):
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            torch._foreach_copy_(list(ema_module.buffers()), list(module.buffers()))
+    if model.has_batch_norm:  # its only buffers are the running statistics
+        torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def mixing_noise(batch, latent_dim, prob, device):

@@ -17,7 +17,7 @@ accuracy) and OUT/args.json. The model kept is the last epoch's: the test split 
 to choose it.
 
 --members N trains N networks from seeds --seed .. --seed+N-1 and saves them as one ensemble that
-decides by their mean probability (model.ClassifierEnsemble; later stages load it like one
+decides by their mean probability (classifiers.ClassifierEnsemble; later stages load it like one
 network). A single small network's calls on generated images that look like no digit depend on its
 seed; the mean of several is a steadier oracle and evaluator (README, "MNIST at CPU scale").
 """
@@ -33,7 +33,7 @@ import checkpoint
 import dataset
 import metrics
 import utils
-from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
+from classifiers import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 

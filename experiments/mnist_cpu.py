@@ -121,14 +121,16 @@ class Paths:
         return os.path.join(self.d, "logs", name.replace(" ", "_") + ".log")
 
 
-def gan_stages(args, digits):
-    """The pre-training (shared) and a retraining without each digit, one thread each."""
-    flags = ["--dataset", "mnist", "--data", args.data, *GAN_FLAGS, "--channel_max", args.channel_max,
-             "--iter", args.gan_iter, "--device", args.device, "--resume"]
+def gan_stages(args, digits, gan_flags=None):
+    """The pre-training (shared) and a retraining without each digit (none under --grid), one thread
+    each; `gan_flags` (default: this driver's StyleGAN2) are the network's and its recipe's."""
+    gan_flags = gan_flags or [*GAN_FLAGS, "--channel_max", args.channel_max]
+    flags = ["--dataset", "mnist", "--data", args.data, *gan_flags, "--iter", args.gan_iter, "--device", args.device,
+             "--resume"]
     shared = os.path.join(args.out, "gan")
     stages = [Stage("pretrain", "train_stylegan2.py", [*flags, "--out", shared], os.path.join(shared, "pretrained.pt"),
                     args.gan_threads, os.path.join(args.out, "logs", "pretrain.log"))]
-    if not args.grid:
+    if not getattr(args, "grid", None):
         for digit in digits:
             p = Paths(args, digit)
             stages.append(Stage(f"retrain without {digit}", "train_stylegan2.py",

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mnist_cpu  # noqa: E402
 from mnist_cpu import Paths, classifier_stage, mean_std, results_table, score, stage1, stage2  # noqa: E402
-from stages import Runner, Stage, check_settings, write_lines  # noqa: E402
+from stages import Runner, check_settings, write_lines  # noqa: E402
 
 import utils  # noqa: E402  (the repository's root is on the path through mnist_cpu)
 
@@ -32,20 +32,6 @@ GAN_FLAGS = ["--arch", "dcgan", "--channels", "32", "--size", "32", "--style_dim
 # label, folder, unlearn.py flags: the paper's rows, in its order
 METHODS = [("CUA", "cua", ["--method", "cua"]), ("DRed", "dred", ["--method", "dred"]),
            ("Ours (EL2 repulsion)", "el2", ["--method", "repulsion", "--repulsion", "el2"])]
-
-
-def gan_stages(args, digits):
-    flags = ["--dataset", "mnist", "--data", args.data, *GAN_FLAGS, "--iter", args.gan_iter, "--device", args.device,
-             "--resume"]
-    shared = os.path.join(args.out, "gan")
-    stages = [Stage("pretrain", "train_stylegan2.py", [*flags, "--out", shared], os.path.join(shared, "pretrained.pt"),
-                    args.gan_threads, os.path.join(args.out, "logs", "pretrain.log"))]
-    for digit in digits:
-        p = Paths(args, digit)
-        stages.append(Stage(f"retrain without {digit}", "train_stylegan2.py",
-                            [*flags, "--exclude", digit, "--out", os.path.dirname(p.retrained)], p.retrained,
-                            args.gan_threads, p.log("retrain")))
-    return stages
 
 
 def digit_rows(args, runner, digit):
@@ -98,7 +84,7 @@ def main(args):
     args.data, args.out = os.path.abspath(args.data), os.path.abspath(args.out)
     check_settings(args.out, settings_of(args), args.dry_run)
     runner = Runner(args.dry_run)
-    runner.run(gan_stages(args, args.digits), jobs=2, times=os.path.join(args.out, "times.tsv"), group="GANs")
+    runner.run(mnist_cpu.gan_stages(args, args.digits, GAN_FLAGS), jobs=2, times=os.path.join(args.out, "times.tsv"), group="GANs")
     runner.run([classifier_stage(args)], times=os.path.join(args.out, "times.tsv"))
     evaluations = {digit: digit_rows(args, runner, digit) for digit in args.digits}
     if args.dry_run:

@@ -10,12 +10,25 @@ sys.path.insert(0, ROOT)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import checkpoint  # noqa: E402
+import metrics  # noqa: E402
 import utils  # noqa: E402
 
 # The in-process tests run tiny tensors, for which OpenMP threads waiting on each other cost more
 # than they save (several times slower on a busy 2-core machine); one thread changes no result.
 # Scripts the tests start as subprocesses keep torch's default.
 torch.set_num_threads(1)
+
+
+def rarer_class(gan_path, classifier_path, n=200):
+    """(the class a tiny generator draws least often on n seeded samples, how many): the undesired
+    class of the pipeline tests; both classes must occur."""
+    g, _ = checkpoint.load_generator(gan_path)
+    classifier, meta = checkpoint.load_classifier(classifier_path)
+    images = torch.cat([b for _, b in metrics.generate_images(g, n, 0, 100, "cpu")])
+    counts = metrics.label_counts(metrics.classify(classifier, meta, utils.from_uint8(utils.to_uint8(images))), meta)
+    assert counts.min() > 0, f"the tiny generator makes one class only: {counts.tolist()}"
+    return meta["classes"][int(counts.argmin())], int(counts.min())
 
 
 def run_main(script, *argv):

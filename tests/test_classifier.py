@@ -15,7 +15,7 @@ import metrics
 import train_classifier
 import utils
 from conftest import cli_error
-from model import CLASSIFIERS, ClassifierEnsemble, build_classifier
+from classifiers import CLASSIFIERS, ClassifierEnsemble, build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST5K = os.path.join(ROOT, "..", "shared", "data", "mnist5k")

@@ -11,13 +11,12 @@ import checkpoint
 import evaluate
 import gan
 import generate
-import metrics
 import negative_adapt
 import train_classifier
 import train_stylegan2
 import unlearn
 import utils
-from conftest import cli_error, run_main
+from conftest import cli_error, rarer_class, run_main
 from model import DCGANGenerator
 
 DCGAN = ["--arch", "dcgan", "--size", "8", "--style_dim", "8", "--channels", "8"]
@@ -64,12 +63,7 @@ def chain(tmp_path_factory):
              "--out", root / "gan")
     run_main(train_classifier, "--dataset", "synthetic", "--size", 8, "--arch", "lenet", "--epochs", 1,
              "--workers", 0, "--out", root / "clf")
-    g, _ = checkpoint.load_generator(paths["gan"])
-    classifier, meta = checkpoint.load_classifier(paths["clf"])
-    images = torch.cat([b for _, b in metrics.generate_images(g, 200, 0, 100, "cpu")])
-    counts = metrics.label_counts(metrics.classify(classifier, meta, utils.from_uint8(utils.to_uint8(images))), meta)
-    assert counts.min() > 0, f"the tiny DC-GAN makes one class only: {counts.tolist()}"
-    paths["negative"] = meta["classes"][int(counts.argmin())]
+    paths["negative"], _ = rarer_class(paths["gan"], paths["clf"])
     run_main(negative_adapt, "--ckpt", paths["gan"], "--classifier", paths["clf"], "--negative", paths["negative"],
              "--n_feedback", 200, "--n_models", 2, "--iter", 4, "--fisher_samples", 8, "--n_eval", 40, *SHORT,
              "--out", root / "adapt")

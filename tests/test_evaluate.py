@@ -23,7 +23,7 @@ import generate
 import metrics
 import utils
 from conftest import cli_error, run_main
-from model import LeNet5
+from classifiers import LeNet5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_ARGS = dict(size=16, style_dim=16, n_mlp=1, channel_max=16)

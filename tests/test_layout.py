@@ -24,12 +24,12 @@ SCRIPTS = {"train_stylegan2": train_stylegan2, "train_classifier": train_classif
            "unlearn": unlearn, "extrapolate": extrapolate, "evaluate": evaluate, "generate": generate,
            "mog_toy": mog_toy, "bench": bench}
 # module -> the project modules it may import (each only from below it)
-MODULES = {"utils": set(), "method": set(), "mog": set(), "model": {"op"}, "dataset": {"utils"},
-           "nvlabs": {"model", "utils"}, "checkpoint": {"model", "nvlabs", "utils"},
+MODULES = {"utils": set(), "method": set(), "mog": set(), "model": {"op"}, "classifiers": set(), "dataset": {"utils"},
+           "nvlabs": {"model", "utils"}, "checkpoint": {"classifiers", "model", "nvlabs", "utils"},
            "metrics": {"checkpoint", "utils"}, "gan": {"checkpoint", "method", "utils"},
            "report": {"checkpoint", "metrics", "utils"}, "scoring": {"dataset", "metrics", "report", "utils"}}
 PROJECT = set(MODULES) | set(SCRIPTS) | {"op"}
-MAX_LINES = {"utils": 250, "method": 400, "dataset": 400, "nvlabs": 400, "checkpoint": 400, "metrics": 400,
+MAX_LINES = {"model": 600, "classifiers": 400, "utils": 250, "method": 400, "dataset": 400, "nvlabs": 400, "checkpoint": 400, "metrics": 400,
              "gan": 400, "report": 400, "scoring": 400, **{name: 400 for name in SCRIPTS}}
 
 

@@ -18,13 +18,12 @@ import evaluate
 import extrapolate
 import generate
 import method
-import metrics
 import negative_adapt
 import train_classifier
 import train_stylegan2
 import unlearn
 import utils
-from conftest import cli_error, run_main
+from conftest import cli_error, rarer_class, run_main
 from nvlabs_format import discriminator, generator, write_snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,13 +57,7 @@ def chain(tmp_path_factory):
              "--workers", 0, "--out", root / "clf")
 
     # the class the tiny generator makes less often plays the undesired one
-    g, _ = checkpoint.load_generator(paths["gan"])
-    classifier, meta = checkpoint.load_classifier(paths["clf"])
-    images = torch.cat([b for _, b in metrics.generate_images(g, 200, 0, 100, "cpu")])
-    counts = metrics.label_counts(metrics.classify(classifier, meta, utils.from_uint8(utils.to_uint8(images))), meta)
-    assert counts.min() > 0, f"the tiny generator makes one class only: {counts.tolist()}"
-    paths["negative"] = meta["classes"][int(counts.argmin())]
-    paths["n_negative"] = int(counts.min())
+    paths["negative"], paths["n_negative"] = rarer_class(paths["gan"], paths["clf"])
     return paths
 
 
