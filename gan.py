@@ -93,8 +93,9 @@ def d_logistic_loss(real_pred, fake_pred):
 
 
 def d_r1_loss(real_pred, real_img):
-    """R1: the squared norm of D's gradient at the real images, averaged over the batch."""
-    (grad_real,) = torch.autograd.grad(real_pred.sum(), real_img, create_graph=True)
+    """R1: the squared norm of D's gradient at the real images, averaged over the batch (of the
+    mean logit per image, when D gives one per patch, as CDC)."""
+    (grad_real,) = torch.autograd.grad(real_pred.reshape(len(real_pred), -1).mean(1).sum(), real_img, create_graph=True)
     return grad_real.square().reshape(grad_real.shape[0], -1).sum(1).mean()
 
 
@@ -131,17 +132,22 @@ class GANStep:
     """One iteration of the StyleGAN2 recipe (non-saturating loss, lazy R1 and path-length
     regularisation, EMA), used unchanged by every stage that trains a GAN.
 
-    `g_extra_loss(g)`, if given, returns a term added to the generator's loss (EWC, repulsion,
-    l1), `d_extra_loss(d, step)` one added to the discriminator's (DRed's negatives shown as fake); the
-    optimizers decide which tensors are updated (CF-k and EU-k give G's a subset).
+    `g_extra_loss(g, step)`, if given, returns a term added to the generator's loss (EWC,
+    repulsion, l1, CDC), `d_extra_loss(d, step)` one added to the discriminator's (DRed's negatives
+    shown as fake); `latents(batch, step)` replaces the latent batches of both steps (default:
+    mixing_noise) and `discriminate(d, images, step)` D's logits, [N, 1] or one per patch [N, P]
+    (default: d(images); CDC's anchored patch-level schedule). The optimizers decide which tensors
+    are updated (CF-k and EU-k give G's a subset).
     Under torch.distributed every process runs it on its own batch and gradients are averaged.
     """
 
     def __init__(self, g, d, g_ema, args, g_optim, d_optim, g_extra_loss=None, mean_path_length=0.0, device="cpu",
-                 d_extra_loss=None):
+                 d_extra_loss=None, latents=None, discriminate=None):
         self.g, self.d, self.g_ema, self.args = g, d, g_ema, args
         self.g_optim, self.d_optim = g_optim, d_optim
         self.g_extra_loss, self.d_extra_loss = g_extra_loss, d_extra_loss
+        self.latents = latents or (lambda batch, step: mixing_noise(batch, g.style_dim, args.mixing, device))
+        self.discriminate = discriminate or (lambda d, images, step: d(images))
         self.device = device
         # fine-tuning must start from the checkpoint's running path length: from 0 the path-length
         # penalty would pull G's Jacobian towards zero for hundreds of steps and blur the samples
@@ -155,15 +161,15 @@ class GANStep:
 
     def __call__(self, real_img, step):
         """Train on one batch of real images; returns a dict of detached scalar losses."""
-        args, g, d = self.args, self.g, self.d
+        args, g, d, judge = self.args, self.g, self.d, self.discriminate
         batch, style_dim = real_img.shape[0], g.style_dim
         losses = {}
 
         # discriminator
         g.requires_grad_(False)
         d.requires_grad_(True)
-        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
-        d_loss = d_logistic_loss(d(real_img), d(fake_img))
+        fake_img, _ = g(self.latents(batch, step))
+        d_loss = d_logistic_loss(judge(d, real_img, step), judge(d, fake_img, step))
         losses["d"] = d_loss.detach()
         if self.d_extra_loss is not None:
             extra = self.d_extra_loss(d, step)
@@ -173,7 +179,7 @@ class GANStep:
 
         if args.d_reg_every > 0 and step % args.d_reg_every == 0:
             real_img = real_img.detach().requires_grad_(True)
-            r1 = d_r1_loss(d(real_img), real_img)
+            r1 = d_r1_loss(judge(d, real_img, step), real_img)
             # applied every d_reg_every steps, so scaled up by as much
             self._update(args.r1 / 2 * r1 * args.d_reg_every, d, self.d_optim)
             losses["r1"] = r1.detach()
@@ -181,11 +187,11 @@ class GANStep:
         # generator
         g.requires_grad_(True)
         d.requires_grad_(False)
-        fake_img, _ = g(mixing_noise(batch, style_dim, args.mixing, self.device))
-        g_loss = g_nonsaturating_loss(d(fake_img))
+        fake_img, _ = g(self.latents(batch, step))
+        g_loss = g_nonsaturating_loss(judge(d, fake_img, step))
         losses["g"] = g_loss.detach()
         if self.g_extra_loss is not None:
-            extra = self.g_extra_loss(g)
+            extra = self.g_extra_loss(g, step)
             g_loss = g_loss + extra
             losses["extra"] = extra.detach()
         self._update(g_loss, g, self.g_optim)
@@ -319,7 +325,7 @@ class EWCPenalty:
     def record(self):
         return {"ewc_lambda": self.weight, "fisher_mean": self.fisher_mean, "ewc_params": len(self.names)}
 
-    def __call__(self, g):
+    def __call__(self, g, step=None):
         named = dict(g.named_parameters())
         return ewc_penalty([named[name] for name in self.names], self.theta_g, self.fisher, self.weight)
 

@@ -257,7 +257,7 @@ class Generator(nn.Module):
     has_batch_norm = False  # its buffers are fixed noise maps, which the EMA copy keeps
 
     def __init__(self, size, style_dim, n_mlp, channel_multiplier=2, blur_kernel=(1, 3, 3, 1),
-                 lr_mlp=0.01, channel_max=512):
+                 lr_mlp=0.01, channel_max=512, latent_compression=False):
         super().__init__()
         check_size(size)
         self.size = size
@@ -293,6 +293,21 @@ class Generator(nn.Module):
             in_channel = out_channel
 
         self.n_latent = self.log_size * 2 - 2
+        self.latent_compression = False
+        if latent_compression:  # the values come from the checkpoint
+            self.compress_latents(torch.zeros(style_dim, style_dim), torch.zeros(self.n_latent))
+
+    @torch.no_grad()
+    def compress_latents(self, projector, strength):
+        """Sample from RSSA's compressed latent space from now on (Xiao et al., 2022, its
+        Projection_module): each layer's w becomes s_l · ‖w‖ · Pw / ‖Pw‖ + (1 − s_l) · w, with P the
+        projector [style_dim, style_dim] onto the span of target codes and s = `strength` [n_latent]."""
+        if not self.latent_compression:
+            self.latent_compression = True
+            self.register_buffer("compression_projector", projector.clone())
+            self.register_buffer("compression_strength", strength.clone())
+        self.compression_projector.copy_(projector)
+        self.compression_strength.copy_(strength)
 
     def layers(self):
         """The layers in forward order, as (layer name, [its parameter names]): the mapping
@@ -321,10 +336,13 @@ class Generator(nn.Module):
         return self.style(input)
 
     def forward(self, styles, return_latents=False, inject_index=None, truncation=1,
-                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True):
+                truncation_latent=None, input_is_latent=False, noise=None, randomize_noise=True,
+                return_features=False):
         """Images from a list of one or two style inputs (two: style mixing at `inject_index`).
 
-        Returns (images [N, 3, size, size], the W+ latents [N, n_latent, style_dim] or None).
+        Returns (images [N, 3, size, size], the W+ latents [N, n_latent, style_dim] or None); with
+        `return_features`, (images, the output of every styled convolution in forward order:
+        n_latent − 1 feature maps, which CDC and RSSA compare between generators).
         """
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
@@ -346,19 +364,33 @@ class Generator(nn.Module):
                 inject_index = random.randint(1, self.n_latent - 1)
             latent = torch.cat([styles[0].unsqueeze(1).repeat(1, inject_index, 1),
                                 styles[1].unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)], 1)
+        if self.latent_compression:
+            projected = latent @ self.compression_projector  # P is symmetric
+            projected = projected * (latent.norm(dim=2, keepdim=True) / projected.norm(dim=2, keepdim=True).clamp_min(1e-8))
+            strength = self.compression_strength[:, None]
+            latent = strength * projected + (1 - strength) * latent
 
+        features = []  # kept only when asked: they would hold memory in inference
         out = self.input(latent)
         out = self.conv1(out, latent[:, 0], noise=noise[0])
+        if return_features:
+            features.append(out)
         skip = self.to_rgb1(out, latent[:, 1])
 
         i = 1
         for conv1, conv2, noise1, noise2, to_rgb in zip(self.convs[::2], self.convs[1::2], noise[1::2],
                                                         noise[2::2], self.to_rgbs):
             out = conv1(out, latent[:, i], noise=noise1)
+            if return_features:
+                features.append(out)
             out = conv2(out, latent[:, i + 1], noise=noise2)
+            if return_features:
+                features.append(out)
             skip = to_rgb(out, latent[:, i + 2], skip)
             i += 2
 
+        if return_features:
+            return skip, features
         return (skip, latent) if return_latents else (skip, None)
 
 
@@ -436,6 +468,29 @@ class Discriminator(nn.Module):
 
         out = self.final_conv(out)
         return self.final_linear(out.view(batch, -1))
+
+
+class PatchDiscriminator(nn.Module):
+    """CDC's patch-level discriminator (Ojha et al., 2021, its Patch_Discriminator with Extra):
+    `d` as it is, and `patches(images)`: d's features at `patch_res` px (the second convolution of
+    the residual block that reaches it) through a 3x3 convolution with leaky ReLU, as CDC's head,
+    to one logit per patch, [N, patch_res²]."""
+
+    def __init__(self, d, size, patch_res):
+        super().__init__()
+        self.d = d
+        self.block = int(math.log2(size // patch_res))
+        if not (2 ** self.block * patch_res == size and 1 <= self.block < len(d.convs)):
+            raise ValueError(f"no residual block of a {size} px discriminator ends at {patch_res} px "
+                             f"(a power of two from 4 to {size // 2})")
+        self.head = ConvLayer(d.convs[self.block].conv2[1].weight.shape[0], 1, 3)
+
+    def forward(self, input):
+        return self.d(input)
+
+    def patches(self, input):
+        block = self.d.convs[self.block]
+        return self.head(block.conv2(block.conv1(self.d.convs[:self.block](input)))).flatten(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,7 +598,8 @@ class GANArch(NamedTuple):
 # the architectures a GAN checkpoint's model_args["arch"] can name (absent: stylegan2)
 GAN_ARCHS = {
     "stylegan2": GANArch(Generator, Discriminator,
-                         dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512),
+                         dict(size=32, style_dim=128, n_mlp=8, channel_multiplier=2, channel_max=512,
+                              latent_compression=False),
                          ("size", "channel_multiplier", "channel_max")),
     "dcgan": GANArch(DCGANGenerator, DCGANDiscriminator, dict(size=32, style_dim=100, channels=64), ("size", "channels")),
 }

@@ -15,14 +15,17 @@ Writes OUT/unlearned.pt (with a "method" block), sample grids of a fixed latent 
 OUT/sample/, periodic checkpoints in OUT/checkpoint/ and OUT/args.json.
 """
 
+import copy
 import os
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
 import checkpoint
+import fewshot
 import gan
 import method
+import model
 import utils
 
 # μ per repulsion loss, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
@@ -32,7 +35,7 @@ DEFAULT_ALPHA = 1.0
 OUTPUTS = ["unlearned.pt", "checkpoint/*.pt", "sample/*.png", "args.json"]  # see utils.claim_out_dir
 # the flags that make a run what it is: --resume refuses to change them (--iter may grow)
 RUN_FLAGS = ("ckpt", "feedback", "adapted", "method", "repulsion", "mu", "alpha", "ewc_lambda", "ewc_params",
-             "fisher_samples", "last_k", "l1", "dred_weight", "cua_beta", "batch", "lr", "r1", "d_reg_every",
+             "fisher_samples", "last_k", "l1", "dred_weight", "cua_beta", "n_anchors", "rssa_codes", "batch", "lr", "r1", "d_reg_every",
              "path_regularize", "path_batch_shrink", "g_reg_every", "mixing", "ema_kimg", "ema_rampup", "seed")
 
 
@@ -75,13 +78,20 @@ def reinitialise(g, names, model_args, seed):
 
 
 class Setup(NamedTuple):
-    """What a method changes in the shared GAN step: extra loss terms g_loss(g) and d_loss(d, step)
-    (None: none), the names of the generator tensors that train (None: all), and the details the
-    checkpoint records."""
+    """What a method changes in the shared GAN step (gan.GANStep): extra loss terms g_loss(g, step)
+    and d_loss(d, step), the names of the generator tensors that train (None: all), the details the
+    checkpoint records; for CDC and RSSA also the module trained as D (D with a patch head), the
+    latents and discriminate hooks, the extra networks the checkpoints keep (for --resume) and
+    the model_args the generator now has."""
     g_loss: Optional[Callable] = None
     d_loss: Optional[Callable] = None
     trained: Optional[list] = None
     details: dict = {}
+    discriminator: Optional[torch.nn.Module] = None
+    latents: Optional[Callable] = None
+    discriminate: Optional[Callable] = None
+    nets: dict = {}
+    model_args: Optional[dict] = None
 
 
 # Each method: setup(args, nets, theta_g, ckpt = the pre-trained checkpoint, feedback, device) -> Setup.
@@ -93,7 +103,7 @@ def setup_repulsion(args, nets, theta_g, ckpt, feedback, device):
     theta_neg = load_adapted(args.adapted, ckpt, names, device)
     adapted = method.AdaptedParameters(theta_g, theta_neg)  # loaded once, kept on the device
 
-    def loss(g):
+    def loss(g, step):
         return method.repulsion_loss(args.repulsion, adapted.relative_distance(list(g.parameters())),
                                      args.mu, args.alpha)
     return Setup(g_loss=loss, details={"repulsion": args.repulsion, "mu": args.mu, "alpha": args.alpha,
@@ -123,7 +133,7 @@ def setup_eu_k(args, nets, theta_g, ckpt, feedback, device):
 
 
 def setup_l1_sparse(args, nets, theta_g, ckpt, feedback, device):
-    def loss(g):
+    def loss(g, step):
         return method.l1_penalty(list(g.parameters()), args.l1)
     return Setup(g_loss=loss, details={"l1": args.l1})
 
@@ -169,7 +179,7 @@ class CUACascade:
         self.batch = torch.randint(len(self.z), (self.args.batch,), device=self.z.device)
         return method.redaction_loss(d(utils.from_uint8(self.negatives[self.batch])), 1.0)
 
-    def g_loss(self, g):
+    def g_loss(self, g, step):
         if self.batch is None:
             return torch.zeros((), device=self.z.device)
         images, _ = g([self.z[self.batch]])
@@ -180,6 +190,53 @@ def setup_cua(args, nets, theta_g, ckpt, feedback, device):
     cascade = CUACascade(args, feedback, device)
     return Setup(g_loss=cascade.g_loss, d_loss=cascade.d_loss,
                  details={"cua_beta": args.cua_beta, "negatives": len(cascade.z)})
+
+
+def frozen_source(g, name):
+    """G_s of CDC and RSSA: a frozen copy of the generator as it is now (θ_G)."""
+    if not g.has_mapping:
+        raise utils.UserError(f"--method {name} compares the styled convolutions' features of a StyleGAN2; "
+                              "--ckpt is a DC-GAN")
+    return copy.deepcopy(g).requires_grad_(False).eval()
+
+
+def anchored_adversary(args, nets, ckpt, device):
+    """CDC's adversarial schedule (fewshot.AnchoredPatchAdversary) with --n_anchors anchors from
+    --seed and its patch-level head on D at 32 px, or a quarter of the image size (at least 4 px) below
+    128 px."""
+    size = ckpt["model_args"]["size"]
+    anchors = torch.randn(args.n_anchors, nets["g"].style_dim, generator=torch.Generator().manual_seed(args.seed))
+    adversary = fewshot.AnchoredPatchAdversary(anchors.to(device), args.mixing)
+    patch_d = model.PatchDiscriminator(nets["d"], size, max(4, min(fewshot.PATCH_RES, size // 4))).to(device)
+    return dict(discriminator=patch_d, latents=adversary.latents, discriminate=adversary.discriminate,
+                nets={"d_patch_head": patch_d.head})
+
+
+def setup_cdc(args, nets, theta_g, ckpt, feedback, device):
+    term = fewshot.CDCTerm(frozen_source(nets["g"], "cdc"))
+    return Setup(g_loss=term, details={"cdc_weight": term.weight, "n_anchors": args.n_anchors},
+                 **anchored_adversary(args, nets, ckpt, device))
+
+
+def setup_rssa(args, nets, theta_g, ckpt, feedback, device):
+    """RSSA's target codes are the W codes of --rssa_codes positives, drawn from --seed: exact, as
+    the positives are the generator's own samples (RSSA inverts its target images)."""
+    g = nets["g"]
+    frozen_source(g, "rssa")  # refuses a DC-GAN before anything is computed
+    if feedback.get("z") is None:
+        raise utils.UserError("--method rssa needs the positives' latents: feedback of generated samples, not "
+                              "of --positives folders")
+    z = feedback["z"][~feedback["negative"]]
+    pick = torch.randperm(len(z), generator=torch.Generator().manual_seed(args.seed))[:args.rssa_codes]
+    with torch.no_grad():
+        codes = g.style(z[pick].to(device))
+    projector, strength = fewshot.compression_projector(codes), fewshot.compression_strengths(g.n_latent).to(device)
+    for net in (g, nets["g_ema"]):
+        net.compress_latents(projector, strength)
+    return Setup(g_loss=fewshot.RSSATerm(frozen_source(g, "rssa")),
+                 details={"rssa_codes": len(pick), "n_anchors": args.n_anchors},
+                 model_args={**ckpt["model_args"], "latent_compression": True},
+                 **anchored_adversary(args, nets, ckpt, device))
 
 
 class Method(NamedTuple):
@@ -201,6 +258,11 @@ METHODS = {
     "cua": Method(setup_cua, "cascaded unlearning (Sun et al., 2023): unlearning steps (negatives shown to D as fake; "
                              "G pulled, at the negatives' latents, to substitute positives, --cua_beta) alternate "
                              "with plain learning steps on the positives"),
+    "cdc": Method(setup_cdc, "few-shot adaptation by cross-domain correspondence (Ojha et al., 2021): + its distance "
+                             "consistency to θ_G's features, anchored image-level / patch-level D steps (--n_anchors)"),
+    "rssa": Method(setup_rssa, "few-shot adaptation by relaxed spatial structural alignment (Xiao et al., 2022): + its "
+                               "self- and disturbance-correlation consistency to θ_G's features in a latent space "
+                               "compressed toward --rssa_codes positives, CDC's anchored D steps"),
 }
 
 
@@ -232,6 +294,12 @@ def create_argparser():
                              "distribution is DRed's mixture λ·p_G + (1 − λ)·p⁻ with w = (1 − λ)/λ (1: λ = 0.5)")
     parser.add_argument("--cua_beta", type=utils.nonnegative_float, default=1.0,
                         help="cua: weight of the substitution term mean ‖G(z⁻) − x_s‖² (images in [-1, 1])")
+    parser.add_argument("--n_anchors", type=utils.positive_int, default=10,
+                        help="cdc, rssa: anchor latents whose neighbourhoods get the image-level D steps (CDC's "
+                             "n_train at its 10-shot setting)")
+    parser.add_argument("--rssa_codes", type=utils.positive_int, default=10,
+                        help="rssa: positives whose latent codes span the compressed latent space (RSSA's 10 "
+                             "target images); the unlearned generator samples from that space too")
     parser.add_argument("--iter", type=utils.positive_int, default=1000, help="Stage-2 iterations (official MNIST runs: 1000)")
     gan.add_gan_training_args(parser, ema_rampup=gan.FINE_TUNE_EMA_RAMPUP, mixing=0.0, mixing_help=(
         "; 0 here, unlike pre-training's 0.9: sampling and evaluation never mix, and on MNIST at CPU scale "
@@ -265,6 +333,9 @@ def main(args):
     theta_g = [p.detach().clone() for p in g.parameters()]
     setup = METHODS[args.method].setup(args, nets, theta_g, ckpt, feedback, device)
     trained, details = setup.trained, dict(setup.details)
+    model_args = setup.model_args or model_args
+    d_trained = setup.discriminator or d  # the parameters D's optimiser updates
+    run_nets = {"g": g, "d": d, "g_ema": g_ema, **setup.nets}
     # every input is read and checked: only now is --out made
     if args.resume:
         checkpoint.check_same_run(args, RUN_FLAGS)
@@ -275,12 +346,13 @@ def main(args):
     g_params = None if trained is None else [p for name, p in g.named_parameters() if name in set(trained)]
     if trained is not None:
         freeze_statistics(g, set(trained))
-    g_optim, d_optim = gan.make_optimizers(g, d, args, g_params=g_params)
-    gan_step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, g_extra_loss=setup.g_loss, d_extra_loss=setup.d_loss,
+    g_optim, d_optim = gan.make_optimizers(g, d_trained, args, g_params=g_params)
+    gan_step = gan.GANStep(g, d_trained, g_ema, args, g_optim, d_optim, g_extra_loss=setup.g_loss,
+                           d_extra_loss=setup.d_loss, latents=setup.latents, discriminate=setup.discriminate,
                            mean_path_length=ckpt.get("mean_path_length", 0.0), device=device)
     start, resume_from = 0, checkpoint.last_checkpoint(args.out, "unlearned.pt") if args.resume else None
     if resume_from is not None:
-        start = gan.resume_run(resume_from, {"g": g, "d": d, "g_ema": g_ema}, {"g_optim": g_optim, "d_optim": d_optim},
+        start = gan.resume_run(resume_from, run_nets, {"g_optim": g_optim, "d_optim": d_optim},
                                gan_step, args.iter)
 
     record = {"stage": "unlearn", "method": args.method, **details, "iter": args.iter,
@@ -295,7 +367,7 @@ def main(args):
 
     def save(done, path=None):
         path = path or os.path.join(args.out, "checkpoint", f"{done:06d}.pt")
-        return checkpoint.save_generator(path, {"g": g, "d": d, "g_ema": g_ema}, model_args, args, done, sources,
+        return checkpoint.save_generator(path, run_nets, model_args, args, done, sources,
                                          {"g_optim": g_optim, "d_optim": d_optim}, dict(record, step=done),
                                          gan_step.mean_path_length, rng=utils.rng_state())
 

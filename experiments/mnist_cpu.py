@@ -38,7 +38,7 @@ from stages import Runner, Stage, check_settings, log_tail, write_lines  # noqa:
 GAN_FLAGS = ["--size", "32", "--style_dim", "128", "--ema_kimg", "2", "--sample_every", "500",
              "--save_every", "1000", "--workers", "1"]
 LOSSES = ("el2", "nl2", "il2")
-BASELINES = ("cf_k", "eu_k", "l1_sparse", "ewc", "finetune")
+BASELINES = ("cf_k", "eu_k", "l1_sparse", "ewc", "finetune", "cdc", "rssa")
 GAMMAS = ("0.25", "0.5", "1")
 # --grid: the values tried (λ 0 is plain fine-tuning, the shift's reference)
 LAMBDA_GRID = ("0.01", "0.03", "0.1", "0.3", "1")

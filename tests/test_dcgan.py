@@ -133,9 +133,9 @@ def test_cua_cascade_alternates_and_pairs_negatives_with_positives(chain):
     assert float(d_term.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
     images = g([cascade.z[cascade.batch]])[0]
     want = 2 * (images - utils.from_uint8(cascade.substitutes[cascade.batch])).square().mean()
-    assert float(cascade.g_loss(g).detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    assert float(cascade.g_loss(g, 0).detach()) == pytest.approx(float(want.detach()), rel=1e-5)
     # a learning step (odd): no extra term on either side
-    assert float(cascade.d_loss(d, 1)) == 0 and float(cascade.g_loss(g)) == 0
+    assert float(cascade.d_loss(d, 1)) == 0 and float(cascade.g_loss(g, 1)) == 0
 
 
 def test_cua_needs_latents_and_dred_negatives(chain, tmp_path):
@@ -151,4 +151,8 @@ def test_cua_needs_latents_and_dred_negatives(chain, tmp_path):
     line = cli_error(unlearn, "--ckpt", chain["gan"], "--feedback", none_negative, "--method", "dred",
                      "--out", tmp_path / "b")
     assert "holds no negative sample" in line
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for name in ("cdc", "rssa"):  # they compare StyleGAN2's styled convolutions
+        line = cli_error(unlearn, "--ckpt", chain["gan"], "--feedback", chain["feedback"], "--method", name,
+                         "--out", tmp_path / name)
+        assert f"--method {name} compares the styled convolutions' features of a StyleGAN2" in line
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "cdc", "rssa"))

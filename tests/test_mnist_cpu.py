@@ -75,8 +75,8 @@ def test_dry_run_prints_and_checks_every_command(tmp_path, monkeypatch):
     out = tmp_path / "out"
     printed = run(["--digits", 8, 1, "--dry_run", "--out", out]).splitlines()
     commands = [line for line in printed if line.startswith("OMP_NUM_THREADS=")]
-    # 3 GANs and the LeNets, then per digit Stage 1, 8 methods x 3 seeds, extrapolation, 12 scoring calls
-    assert len(commands) == 4 + 2 * (1 + 24 + 1 + 12)
+    # 3 GANs and the LeNets, then per digit Stage 1, 10 methods x 3 seeds, extrapolation, 14 scoring calls
+    assert len(commands) == 4 + 2 * (1 + 30 + 1 + 14)
     assert not any(line.startswith("[FLAG]") for line in printed) and not out.exists()
     stage1 = next(c for c in commands if "negative_adapt.py" in c)
     assert "--ewc_lambda" not in stage1 and "--n_feedback 3000" in stage1  # the methods run at their defaults
@@ -125,7 +125,7 @@ def test_a_run_resumes_at_the_first_missing_output_and_refuses_other_settings(tm
     out = tmp_path / "out"
     argv = ["--digits", 8, "--out", out, "--data", tmp_path / "mnist"]
     run(argv)
-    assert len(fake_stages["ran"]) == 2 + 1 + 1 + 24 + 1 + 12
+    assert len(fake_stages["ran"]) == 2 + 1 + 1 + 30 + 1 + 14
     results = (out / "digit8" / "results.md").read_text()
     assert "| Retraining | 10.00 ± 0.50 |" in results and "91.0–91.0% negatives" in results
     times = (out / "digit8" / "times.tsv").read_text().splitlines()

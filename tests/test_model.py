@@ -214,7 +214,8 @@ def test_rosinality_file_loads_and_infers_model_args(tmp_path):
     args = argparse.Namespace(size=16, latent=32, n_mlp=2, channel_multiplier=2, r1=10.0)
     torch.save({name: net.state_dict() for name, net in nets.items()} | {"args": args, "ada_aug_p": 0.0}, path)
     loaded, ckpt = checkpoint.load_gan(path)
-    assert ckpt["model_args"] == dict(arch="stylegan2", size=16, style_dim=32, n_mlp=2, channel_multiplier=2, channel_max=32)
+    assert ckpt["model_args"] == dict(arch="stylegan2", size=16, style_dim=32, n_mlp=2, channel_multiplier=2, channel_max=32,
+                                      latent_compression=False)
     z = torch.randn(2, 32)
     with torch.no_grad():
         want, _ = nets["g_ema"].eval()([z], randomize_noise=False)
@@ -223,7 +224,7 @@ def test_rosinality_file_loads_and_infers_model_args(tmp_path):
 
     # without args at all: everything from the tensor shapes
     torch.save({"g_ema": nets["g_ema"].state_dict()}, path)
-    assert checkpoint.load_checkpoint(path, "stylegan2")["model_args"] == ckpt["model_args"]
+    assert checkpoint.complete_model_args(checkpoint.load_checkpoint(path, "stylegan2")["model_args"]) == ckpt["model_args"]
 
 
 def test_infers_channel_multiplier_from_shapes(tmp_path):

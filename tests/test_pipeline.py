@@ -38,6 +38,8 @@ UNLEARN_METHODS = {
     "cf_k": ["--method", "cf_k", "--last_k", "3"],
     "eu_k": ["--method", "eu_k", "--last_k", "3"],
     "l1_sparse": ["--method", "l1_sparse"],
+    "cdc": ["--method", "cdc"],
+    "rssa": ["--method", "rssa", "--rssa_codes", "3"],
 }
 
 
@@ -198,7 +200,9 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain, adapted):
         assert ckpt["method"]["stage"] == "unlearn" and ckpt["step"] == 20
         assert ckpt["mean_path_length"] > 0.5 * checkpoint.load_checkpoint(chain["gan"])["mean_path_length"]
         g_ema = nets["g_ema"].state_dict()
-        changed = [k for k, v in g_ema.items() if not torch.equal(v, theta_g[k])]
+        changed = [k for k, v in g_ema.items() if k in theta_g and not torch.equal(v, theta_g[k])]
+        assert ckpt["model_args"]["latent_compression"] == (name == "rssa")
+        assert ("d_patch_head" in ckpt) == (name in ("cdc", "rssa"))
         if name in ("cf_k", "eu_k"):
             # the last 3 layers train (EU-k's from a fresh initialisation); every other tensor of the
             # saved g_ema is θ_G's exactly, and so is g's
@@ -237,6 +241,31 @@ def test_unlearn_every_method_extrapolate_and_evaluate(chain, adapted):
         assert abs(row["pul"] - expected) < 1e-9 and row["fid"] >= 0 and row["ret_fid"] >= 0
     assert record["protocol"]["fid"]["name"] == "classifier-feature FID"
     assert os.path.exists(out / "comparison.png")
+
+
+def test_rssa_resumes_exactly_and_its_file_samples_the_compressed_space(chain, adapted, tmp_path):
+    """Interrupted at step 4 and resumed to 8, RSSA (the patch head, the anchors, the compressed
+    latent space) ends where the run of 8 does; the file's generator is the run's, compression included."""
+    flags = ["--ckpt", chain["gan"], "--feedback", adapted["feedback"], "--method", "rssa", "--rssa_codes", 3, *SHORT]
+    run_main(unlearn, *flags, "--iter", 8, "--out", tmp_path / "whole")
+    run_main(unlearn, *flags, "--iter", 4, "--out", tmp_path / "part")
+    run_main(unlearn, *flags, "--iter", 8, "--resume", "--out", tmp_path / "part")
+    whole = checkpoint.load_checkpoint(str(tmp_path / "whole" / "unlearned.pt"))
+    part = checkpoint.load_checkpoint(str(tmp_path / "part" / "unlearned.pt"))
+    for key in ("g_ema", "d", "d_patch_head"):
+        assert all(torch.equal(v, part[key][k]) for k, v in whole[key].items()), key
+    g_ema = checkpoint.load_gan(str(tmp_path / "whole" / "unlearned.pt"), which=("g_ema",))[0]["g_ema"]
+    assert g_ema.latent_compression and float(g_ema.compression_strength.max()) > 0
+    z = torch.randn(4, g_ema.style_dim)
+    _, latents = g_ema([z], return_latents=True)
+    w = g_ema.style(z)
+    assert not torch.allclose(latents[:, -1], w) and torch.allclose(latents[:, 0], w)  # s_0 = 0, s_last > 0
+
+    feedback = checkpoint.load_checkpoint(adapted["feedback"], "feedback")
+    no_z = checkpoint.save_feedback(str(tmp_path / "curated.pt"), feedback["images"], feedback["negative"],
+                                    {"folders": {"negatives": "n", "positives": "p"}}, feedback["generator_fingerprint"])
+    line = cli_error(unlearn, "--ckpt", chain["gan"], "--feedback", no_z, "--method", "rssa", "--out", tmp_path / "c")
+    assert "--method rssa needs the positives' latents" in line and not (tmp_path / "c").exists()
 
 
 def test_the_stages_run_from_the_command_line(chain, adapted):
