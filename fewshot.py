@@ -13,8 +13,9 @@ Both adapt a generator G_t, initialised at the source G_s = θ_G (kept frozen), 
   compression_projector, model.Generator.compress_latents).
 
 The weights and schedules are those of the authors' code for few-shot adaptation (below); each
-function names the equation it is. Both papers' generators are 256 px; where their code picks
-feature maps by absolute size, these pick them by the same fraction of the image size.
+function names the paper's term it is (by its symbol: the papers' full text could not be read
+here, their code could). Both papers' generators are 256 px; where their code picks feature maps
+by absolute size, these pick them by the same fraction of the image size.
 """
 
 import torch
@@ -38,7 +39,7 @@ RSSA_STRENGTH_14 = (0, 0, 0, 0.05, 0.05, 0.05, 0.05, 0.45, 0.45, 0.65, 0.65, 0.8
 
 
 def similarity_rows(features, layer_of):
-    """CDC eq. 1 (the similarity part): for each latent i of the batch, the cosine similarities of
+    """CDC's similarity vector y_i^l before its softmax: for each latent i of the batch, the cosine similarities of
     its feature map at layer layer_of[i] to those of the other latents, [N, N − 1]."""
     rows = []
     for i, layer in enumerate(layer_of):
@@ -49,9 +50,10 @@ def similarity_rows(features, layer_of):
 
 
 def distance_consistency_loss(source_features, target_features, layer_of, weight=CDC_WEIGHT):
-    """CDC eqs. 1–2: y_i = softmax of similarity_rows for G_s and for G_t, and
-    weight · mean_{i,j} y_s,ij (log y_s,ij − log y_t,ij). As CDC's code (nn.KLDivLoss, mean over
-    the N(N − 1) entries), this is KL(y_s ‖ y_t), the reverse of the paper's D_KL(y_t ‖ y_s)."""
+    """CDC's cross-domain distance consistency L_dist: y_i = softmax of similarity_rows for G_s and
+    for G_t, and weight · mean_{i,j} y_s,ij (log y_s,ij − log y_t,ij). As CDC's code (nn.KLDivLoss,
+    mean over the N(N − 1) entries), this is KL(y_s ‖ y_t), the reverse of the paper's
+    D_KL(y_{s→t} ‖ y_s)."""
     log_p_source = similarity_rows(source_features, layer_of).log_softmax(1)
     log_p_target = similarity_rows(target_features, layer_of).log_softmax(1)
     return weight * (log_p_source.exp() * (log_p_source - log_p_target)).mean()
@@ -66,7 +68,7 @@ def window_vectors(features, window):
 
 
 def self_correlation_loss(source_features, target_features, size):
-    """RSSA's cross-domain self-correlation consistency (its eq. 3, L_scc), as its code: for every
+    """RSSA's cross-domain self-correlation consistency L_scc, as its code: for every
     feature map at a quarter of the image size or more, channel-normalised and 2x2 average-pooled,
     the dot products between positions inside each window of a quarter of its side (the pooled
     map cut into 2x2 windows, then once more offset by half a window), G_t's against G_s's by the
@@ -86,7 +88,7 @@ def self_correlation_loss(source_features, target_features, size):
 
 
 def disturbance_correlation_loss(source_features, target_features, size):
-    """RSSA's cross-domain disturbance correlation consistency (its eq. 5, L_dcc), as its code: on
+    """RSSA's cross-domain disturbance correlation consistency L_dcc, as its code: on
     the feature maps up to the first at half the image size, channel-normalised (those of a quarter
     of the size or more cut into 4x4 windows, smaller ones whole), for every pair (j, k) of the
     batch and every position a of j: softmax_b ⟨f_j(a), f_k(b)⟩ over the positions b of k, G_t's
@@ -117,14 +119,15 @@ def compression_strengths(n_latent):
 
 
 def compression_projector(codes):
-    """RSSA's latent compression (its eq. 6): the orthogonal projector A (AᵀA)⁻¹ Aᵀ onto the span
+    """RSSA's latent-space compression (its Projection_module): the orthogonal projector A (AᵀA)⁻¹ Aᵀ onto the span
     of the target codes A = codes [K, style_dim] (a pseudo-inverse, so that dependent codes work)."""
     a = codes.double().T
     return (a @ torch.linalg.pinv(a)).float()
 
 
 class AnchoredPatchAdversary:
-    """CDC's adversarial schedule (its eq. 4 and train.py): on steps ≡ 0 (mod anchor_every) both
+    """CDC's relaxed realism L'_adv (anchor regions judged by the image-level discriminator, the
+    rest of the latent space by the patch-level one), on its train.py schedule: on steps ≡ 0 (mod anchor_every) both
     the discriminator and the generator step sample latents near `anchors` [A, style_dim] (an
     anchor per sample, plus N(0, std²) noise) and the whole discriminator judges; on the other
     steps latents are drawn as usual and `d.patches` (model.PatchDiscriminator) judges."""
