@@ -7,7 +7,8 @@
 
 Every method starts from the pre-trained g_ema (θ_P ← θ_G) and D, and trains adversarially on the
 positive samples of the feedback with the pre-training recipe; they differ in the generator's
-extra loss and in which of its tensors train (METHODS below; --method lists them). The
+extra loss, in which of its tensors train, and for CDC and RSSA in the latents and the
+discriminator each step uses (METHODS below; --method lists them). The
 repulsion losses act on d = mean_j ‖θ − θ_N^j‖² / d_0, the distance relative to its value d_0
 at θ_G (so α_paper = α / d_0): il2 = μ/d, nl2 = −μ·d, el2 = μ·exp(−α·d).
 
@@ -192,11 +193,14 @@ def setup_cua(args, nets, theta_g, ckpt, feedback, device):
                  details={"cua_beta": args.cua_beta, "negatives": len(cascade.z)})
 
 
-def frozen_source(g, name):
-    """G_s of CDC and RSSA: a frozen copy of the generator as it is now (θ_G)."""
+def require_stylegan2(g, name):
     if not g.has_mapping:
         raise utils.UserError(f"--method {name} compares the styled convolutions' features of a StyleGAN2; "
                               "--ckpt is a DC-GAN")
+
+
+def frozen_source(g):
+    """G_s of CDC and RSSA: a frozen copy of the generator as it is now (θ_G)."""
     return copy.deepcopy(g).requires_grad_(False).eval()
 
 
@@ -213,7 +217,8 @@ def anchored_adversary(args, nets, ckpt, device):
 
 
 def setup_cdc(args, nets, theta_g, ckpt, feedback, device):
-    term = fewshot.CDCTerm(frozen_source(nets["g"], "cdc"))
+    require_stylegan2(nets["g"], "cdc")
+    term = fewshot.CDCTerm(frozen_source(nets["g"]))
     return Setup(g_loss=term, details={"cdc_weight": term.weight, "n_anchors": args.n_anchors},
                  **anchored_adversary(args, nets, ckpt, device))
 
@@ -222,7 +227,7 @@ def setup_rssa(args, nets, theta_g, ckpt, feedback, device):
     """RSSA's target codes are the W codes of --rssa_codes positives, drawn from --seed: exact, as
     the positives are the generator's own samples (RSSA inverts its target images)."""
     g = nets["g"]
-    frozen_source(g, "rssa")  # refuses a DC-GAN before anything is computed
+    require_stylegan2(g, "rssa")
     if feedback.get("z") is None:
         raise utils.UserError("--method rssa needs the positives' latents: feedback of generated samples, not "
                               "of --positives folders")
@@ -233,7 +238,7 @@ def setup_rssa(args, nets, theta_g, ckpt, feedback, device):
     projector, strength = fewshot.compression_projector(codes), fewshot.compression_strengths(g.n_latent).to(device)
     for net in (g, nets["g_ema"]):
         net.compress_latents(projector, strength)
-    return Setup(g_loss=fewshot.RSSATerm(frozen_source(g, "rssa")),
+    return Setup(g_loss=fewshot.RSSATerm(frozen_source(g)),  # G_s samples the compressed space too, as RSSA's
                  details={"rssa_codes": len(pick), "n_anchors": args.n_anchors},
                  model_args={**ckpt["model_args"], "latent_compression": True},
                  **anchored_adversary(args, nets, ckpt, device))
