@@ -2,11 +2,14 @@
 
 The module tree, parameter names and shapes are those of rosinality/stylegan2-pytorch for the same
 (size, style_dim, n_mlp, channel_multiplier), so its checkpoints load with strict=True and give
-the same images. Two additions, both off by default:
+the same images. Additions, all off by default:
 
 * `channel_max` caps every layer's width, for small configurations that train on a CPU;
 * the modulated convolution has two equal forms (see ModulatedConv2d); the cheaper one runs by
-  default.
+  default;
+* for the few-shot baselines (fewshot.py): the generator's intermediate features
+  (`return_features`), RSSA's compressed latent space (`latent_compression`, a checkpoint's
+  model_args records it) and CDC's patch-level head on the discriminator (PatchDiscriminator).
 
     g = Generator(32, 128, 8, channel_max=128)
     images, _ = g([torch.randn(16, 128)])        # [16, 3, 32, 32], roughly in [-1, 1]
@@ -370,7 +373,7 @@ class Generator(nn.Module):
             strength = self.compression_strength[:, None]
             latent = strength * projected + (1 - strength) * latent
 
-        features = []  # kept only when asked: they would hold memory in inference
+        features = []  # filled only when asked, so that inference frees each map as it goes
         out = self.input(latent)
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         if return_features:
