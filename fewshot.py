@@ -96,7 +96,7 @@ def disturbance_correlation_loss(source_features, target_features, size):
     positions a, summed over maps."""
     loss = 0.0
     n = len(source_features[0])
-    pairs = torch.triu_indices(n, n, offset=1)
+    pairs = torch.triu_indices(n, n, offset=1, device=source_features[0].device)
     for f_source, f_target in zip(source_features, target_features):
         res = f_source.shape[-1]
         if res > size // 2:
