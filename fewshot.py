@@ -167,7 +167,8 @@ class RSSATerm:
     fresh latents every step, + DCC_WEIGHT · disturbance_correlation_loss every DCC_EVERY-th step
     at FEATURE_BATCH disturbances 0.85 z + 0.15 z_n of one latent z (RSSA's code draws them, then
     passes the z_n; we pass the disturbed latents its paper describes); the generators' fixed
-    noise maps, as its code."""
+    noise maps, as its code. Both generators hold the compressed latent space, so both terms see
+    compressed latents (RSSA's code feeds L_dcc uncompressed ones)."""
 
     def __init__(self, source):
         self.source = source
@@ -183,6 +184,7 @@ class RSSATerm:
         z = torch.randn(FEATURE_BATCH, g.style_dim, device=device)
         loss = SCC_WEIGHT * self_correlation_loss(*self.features(g, z), g.size)
         if step % DCC_EVERY == 0:
-            z = (1 - DISTURBANCE) * torch.randn(1, g.style_dim, device=device) + DISTURBANCE * z
+            z_n = torch.randn(FEATURE_BATCH, g.style_dim, device=device)
+            z = (1 - DISTURBANCE) * torch.randn(1, g.style_dim, device=device) + DISTURBANCE * z_n
             loss = loss + DCC_WEIGHT * disturbance_correlation_loss(*self.features(g, z), g.size)
         return loss
