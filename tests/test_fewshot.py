@@ -134,6 +134,20 @@ def test_disturbance_correlation_matches_rssa_weighting():
     assert float(fewshot.disturbance_correlation_loss(source, source, size)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_disturbance_correlation_by_hand():
+    """RSSA's DCC on one pair, a 2x2 one-channel map (whole, below a quarter of 32 px): the source
+    pair is all +1, so every position of sample 0 correlates 1 with each of sample 1's: softmax
+    uniform. The target's sample 1 is (1, −1, −1, −1): softmax (e, 1/e, 1/e, 1/e) / (e + 3/e). The
+    loss is the L1 distance of the two distributions, the same for every position of sample 0."""
+    ones = torch.ones(2, 1, 2, 2)
+    target = ones.clone()
+    target[1, 0] = torch.tensor([[1.0, -1.0], [-1.0, -1.0]])
+    total = math.e + 3 / math.e
+    expected = abs(math.e / total - 0.25) + 3 * abs(1 / math.e / total - 0.25)
+    loss = fewshot.disturbance_correlation_loss([ones], [target], size=32)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
 def test_compression_strengths_and_projector():
     assert fewshot.compression_strengths(14).tolist() == pytest.approx(list(fewshot.RSSA_STRENGTH_14))
     assert fewshot.compression_strengths(8).tolist() == pytest.approx([0, 0, 0.05, 0.05, 0.45, 0.45, 0.65, 0.85])
