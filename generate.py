@@ -113,7 +113,8 @@ def main(args):
     utils.write_args_json(args.out, args)
 
     rows = []
-    for row, (path, g, ckpt) in enumerate(generators):
+    labels = report.short_names([path for path, _, _ in generators])  # as many folders as tell them apart
+    for row, ((path, g, ckpt), label) in enumerate(zip(generators, labels)):
         images = sample(g, seeds, args, mean_w(g, ckpt) if args.trunc < 1 else None)
         folder = os.path.join(args.out, folder_name(row, path))
         os.makedirs(folder, exist_ok=True)
@@ -122,7 +123,6 @@ def main(args):
             utils.atomic_write(os.path.join(folder, f"seed{seed:04d}.png"),
                                lambda f, tile=tile: Image.fromarray(np.ascontiguousarray(tile)).save(f, format="PNG"))
         flags = [False] * len(seeds)
-        label = report.short_name(path)
         if oracle is not None:
             classifier, meta, index, name = oracle
             logits = metrics.classify(classifier, meta, utils.from_uint8(images))

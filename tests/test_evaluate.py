@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -577,6 +578,15 @@ def test_generate_frames_and_counts_the_negatives(files, tmp_path, capsys):
     expected = metrics.negative_mask(metrics.classify(clf, meta, images), meta, 0).tolist()
     assert flags == expected and 0 < sum(flags) < 12
     assert f"{sum(flags)} of 12 samples" in capsys.readouterr().out
+
+
+def test_generate_labels_rows_with_as_many_folders_as_tell_them_apart(files, tmp_path):
+    for name in ("el2", "cdc"):
+        os.makedirs(tmp_path / name / "s0")
+        shutil.copy(files["reference"], tmp_path / name / "s0" / "unlearned.pt")
+    rows = run_main(generate, "--ckpt", tmp_path / "el2" / "s0" / "unlearned.pt", tmp_path / "cdc" / "s0" / "unlearned.pt",
+                    "--seeds", "0-1", "--device", "cpu", "--out", tmp_path / "out")
+    assert [label for label, _, _ in rows] == ["el2/s0/unlearned.pt", "cdc/s0/unlearned.pt"]
 
 
 def test_generate_user_errors(files, tmp_path):
