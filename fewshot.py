@@ -18,9 +18,12 @@ here, their code could). Both papers' generators are 256 px; where their code pi
 by absolute size, these pick them by the same fraction of the image size.
 """
 
+import math
+
 import torch
 from torch.nn import functional as F
 
+import model
 from gan import mixing_noise
 
 # CDC's train.py defaults, which RSSA's train_*_proj.py keep
@@ -119,18 +122,49 @@ def compression_strengths(n_latent):
 
 
 def compression_projector(codes):
-    """RSSA's latent-space compression (its Projection_module): the orthogonal projector A (AᵀA)⁻¹ Aᵀ onto the span
-    of the target codes A = codes [K, style_dim] (a pseudo-inverse, so that dependent codes work)."""
+    """RSSA's latent-space compression (its Projection_module): the orthogonal projector
+    A (AᵀA)⁻¹ Aᵀ onto the span of the target codes A = codes [K, style_dim] (a pseudo-inverse, so
+    that dependent codes work)."""
     a = codes.double().T
     return (a @ torch.linalg.pinv(a)).float()
 
 
+def patch_resolution(size):
+    """Where the patch head reads D: CDC's 32 px (of 256), and a quarter of the image size (at
+    least 4 px) below 128 px, where 32 px would be the whole image."""
+    return max(4, min(PATCH_RES, size // 4))
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """CDC's patch-level discriminator (Ojha et al., 2021, its Patch_Discriminator with Extra):
+    `d` as it is, and `patches(images)`: d's features at `patch_res` px (the second convolution of
+    the residual block that reaches it) through a 3x3 convolution with leaky ReLU, as CDC's head,
+    to one logit per patch, [N, patch_res²]."""
+
+    def __init__(self, d, size, patch_res):
+        super().__init__()
+        self.d = d
+        self.block = int(math.log2(size // patch_res))
+        if not (2 ** self.block * patch_res == size and 1 <= self.block < len(d.convs)):
+            raise ValueError(f"no residual block of a {size} px discriminator ends at {patch_res} px "
+                             f"(a power of two from 4 to {size // 2})")
+        self.head = model.ConvLayer(d.convs[self.block].conv2[1].weight.shape[0], 1, 3)
+
+    def forward(self, input):
+        return self.d(input)
+
+    def patches(self, input):
+        block = self.d.convs[self.block]
+        return self.head(block.conv2(block.conv1(self.d.convs[:self.block](input)))).flatten(1)
+
+
 class AnchoredPatchAdversary:
     """CDC's relaxed realism L'_adv (anchor regions judged by the image-level discriminator, the
-    rest of the latent space by the patch-level one), on its train.py schedule: on steps ≡ 0 (mod anchor_every) both
-    the discriminator and the generator step sample latents near `anchors` [A, style_dim] (an
-    anchor per sample, plus N(0, std²) noise) and the whole discriminator judges; on the other
-    steps latents are drawn as usual and `d.patches` (model.PatchDiscriminator) judges."""
+    rest of the latent space by the patch-level one), on its train.py schedule: on steps ≡ 0
+    (mod anchor_every) both the discriminator and the generator step sample latents near
+    `anchors` [A, style_dim] (an anchor per sample, plus N(0, std²) noise) and the whole
+    discriminator judges; on the other steps latents are drawn as usual and `d.patches`
+    (PatchDiscriminator) judges."""
 
     def __init__(self, anchors, mixing, anchor_every=ANCHOR_EVERY, std=ANCHOR_STD):
         self.anchors, self.mixing, self.anchor_every, self.std = anchors, mixing, anchor_every, std

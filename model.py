@@ -8,8 +8,8 @@ the same images. Additions, all off by default:
 * the modulated convolution has two equal forms (see ModulatedConv2d); the cheaper one runs by
   default;
 * for the few-shot baselines (fewshot.py): the generator's intermediate features
-  (`return_features`), RSSA's compressed latent space (`latent_compression`, a checkpoint's
-  model_args records it) and CDC's patch-level head on the discriminator (PatchDiscriminator).
+  (`return_features`) and RSSA's compressed latent space (`latent_compression`, a checkpoint's
+  model_args records it).
 
     g = Generator(32, 128, 8, channel_max=128)
     images, _ = g([torch.randn(16, 128)])        # [16, 3, 32, 32], roughly in [-1, 1]
@@ -471,29 +471,6 @@ class Discriminator(nn.Module):
 
         out = self.final_conv(out)
         return self.final_linear(out.view(batch, -1))
-
-
-class PatchDiscriminator(nn.Module):
-    """CDC's patch-level discriminator (Ojha et al., 2021, its Patch_Discriminator with Extra):
-    `d` as it is, and `patches(images)`: d's features at `patch_res` px (the second convolution of
-    the residual block that reaches it) through a 3x3 convolution with leaky ReLU, as CDC's head,
-    to one logit per patch, [N, patch_res²]."""
-
-    def __init__(self, d, size, patch_res):
-        super().__init__()
-        self.d = d
-        self.block = int(math.log2(size // patch_res))
-        if not (2 ** self.block * patch_res == size and 1 <= self.block < len(d.convs)):
-            raise ValueError(f"no residual block of a {size} px discriminator ends at {patch_res} px "
-                             f"(a power of two from 4 to {size // 2})")
-        self.head = ConvLayer(d.convs[self.block].conv2[1].weight.shape[0], 1, 3)
-
-    def forward(self, input):
-        return self.d(input)
-
-    def patches(self, input):
-        block = self.d.convs[self.block]
-        return self.head(block.conv2(block.conv1(self.d.convs[:self.block](input)))).flatten(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import checkpoint
 import fewshot
 import gan
 import method
-import model
 import utils
 
 # μ per repulsion loss, chosen on MNIST digit 4 (docs/mnist_cpu.md, "How the defaults were chosen")
@@ -206,12 +205,11 @@ def frozen_source(g):
 
 def anchored_adversary(args, nets, ckpt, device):
     """CDC's adversarial schedule (fewshot.AnchoredPatchAdversary) with --n_anchors anchors from
-    --seed and its patch-level head on D at 32 px, or a quarter of the image size (at least 4 px) below
-    128 px."""
+    --seed, and its patch-level head on D (fewshot.patch_resolution)."""
     size = ckpt["model_args"]["size"]
     anchors = torch.randn(args.n_anchors, nets["g"].style_dim, generator=torch.Generator().manual_seed(args.seed))
     adversary = fewshot.AnchoredPatchAdversary(anchors.to(device), args.mixing)
-    patch_d = model.PatchDiscriminator(nets["d"], size, max(4, min(fewshot.PATCH_RES, size // 4))).to(device)
+    patch_d = fewshot.PatchDiscriminator(nets["d"], size, fewshot.patch_resolution(size)).to(device)
     return dict(discriminator=patch_d, latents=adversary.latents, discriminate=adversary.discriminate,
                 nets={"d_patch_head": patch_d.head})
 

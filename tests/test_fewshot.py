@@ -187,7 +187,7 @@ def test_patch_logits_see_only_their_neighbourhood():
     logit and the patches near it, not those across the image."""
     torch.manual_seed(4)
     d = model.Discriminator(64, channel_max=8)
-    patch_d = model.PatchDiscriminator(d, 64, 16)
+    patch_d = fewshot.PatchDiscriminator(d, 64, 16)
     x = torch.randn(4, 3, 64, 64)
     y = x.clone()
     y[:, :, :4, :4] += 1.0
@@ -197,7 +197,7 @@ def test_patch_logits_see_only_their_neighbourhood():
     assert not torch.allclose(before[:, 0, 0], after[:, 0, 0])
     assert torch.equal(before[:, 8:, 8:], after[:, 8:, 8:])
     with pytest.raises(ValueError, match="no residual block"):
-        model.PatchDiscriminator(d, 64, 64)
+        fewshot.PatchDiscriminator(d, 64, 64)
 
 
 def test_the_anchored_schedule():

@@ -28,9 +28,9 @@ MODULES = {"utils": set(), "method": set(), "mog": set(), "model": {"op"}, "clas
            "nvlabs": {"model", "utils"}, "checkpoint": {"classifiers", "model", "nvlabs", "utils"},
            "metrics": {"checkpoint", "utils"}, "gan": {"checkpoint", "method", "utils"},
            "report": {"checkpoint", "metrics", "utils"}, "scoring": {"dataset", "metrics", "report", "utils"},
-           "fewshot": {"gan"}}
+           "fewshot": {"gan", "model"}}
 PROJECT = set(MODULES) | set(SCRIPTS) | {"op"}
-MAX_LINES = {"model": 650, "classifiers": 400, "utils": 250, "method": 400, "dataset": 400, "nvlabs": 400, "checkpoint": 400, "metrics": 400,
+MAX_LINES = {"model": 600, "classifiers": 400, "utils": 250, "method": 400, "dataset": 400, "nvlabs": 400, "checkpoint": 400, "metrics": 400,
              "gan": 400, "fewshot": 400, "report": 400, "scoring": 400, **{name: 400 for name in SCRIPTS}}
 
 
