@@ -172,15 +172,14 @@ class CUACascade:
         self.substitutes = feedback["images"][positives][pairing].to(device)
         self.args, self.batch = args, None
 
-    def d_loss(self, d, step):  # called before g_loss in each step
-        self.batch = None
+    def d_loss(self, d, step):  # called before g_loss in each step: the batch is drawn here for both
         if step % 2:  # a learning step
             return torch.zeros((), device=self.z.device)
         self.batch = torch.randint(len(self.z), (self.args.batch,), device=self.z.device)
         return method.redaction_loss(d(utils.from_uint8(self.negatives[self.batch])), 1.0)
 
     def g_loss(self, g, step):
-        if self.batch is None:
+        if step % 2:
             return torch.zeros((), device=self.z.device)
         images, _ = g([self.z[self.batch]])
         return method.substitution_loss(images, utils.from_uint8(self.substitutes[self.batch]), self.args.cua_beta)

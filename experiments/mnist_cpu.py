@@ -121,8 +121,8 @@ class Paths:
         return os.path.join(self.d, "logs", name.replace(" ", "_") + ".log")
 
 
-def gan_stages(args, digits, gan_flags=None):
-    """The pre-training (shared) and a retraining without each digit (none under --grid), one thread
+def gan_stages(args, digits, gan_flags=None, retrain=True):
+    """The pre-training (shared) and, with `retrain`, a retraining without each digit, one thread
     each; `gan_flags` (default: this driver's StyleGAN2) are the network's and its recipe's."""
     gan_flags = gan_flags or [*GAN_FLAGS, "--channel_max", args.channel_max]
     flags = ["--dataset", "mnist", "--data", args.data, *gan_flags, "--iter", args.gan_iter, "--device", args.device,
@@ -130,7 +130,7 @@ def gan_stages(args, digits, gan_flags=None):
     shared = os.path.join(args.out, "gan")
     stages = [Stage("pretrain", "train_stylegan2.py", [*flags, "--out", shared], os.path.join(shared, "pretrained.pt"),
                     args.gan_threads, os.path.join(args.out, "logs", "pretrain.log"))]
-    if not getattr(args, "grid", None):
+    if retrain:
         for digit in digits:
             p = Paths(args, digit)
             stages.append(Stage(f"retrain without {digit}", "train_stylegan2.py",
@@ -382,7 +382,7 @@ def main(args):
     runner = Runner(args.dry_run)
     digits = list(args.digits)
     # the GANs first, two at a time with one thread each, then the LeNets
-    runner.run(gan_stages(args, digits), jobs=2, times=os.path.join(args.out, "times.tsv"), group="GANs")
+    runner.run(gan_stages(args, digits, retrain=not args.grid), jobs=2, times=os.path.join(args.out, "times.tsv"), group="GANs")
     runner.run([classifier_stage(args)], times=os.path.join(args.out, "times.tsv"))
     for digit in digits:
         (grid if args.grid else digit_at_defaults)(args, runner, digit)

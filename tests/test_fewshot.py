@@ -1,6 +1,7 @@
 """CDC's and RSSA's terms against hand computations and loop-by-loop references; the patch-level
 discriminator, the anchored schedule and RSSA's compressed latent space."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,9 @@ import torch
 from torch.nn import functional as F
 
 import fewshot
+import gan
 import model
+import unlearn
 
 
 def features(*vectors):
@@ -219,3 +222,47 @@ def test_the_anchored_schedule():
         def patches(self, images):
             return "patches"
     assert [adversary.discriminate(Judge(), None, step) for step in range(5)] == ["image"] + ["patches"] * 3 + ["image"]
+
+
+def test_the_gan_step_routes_every_pass_through_the_hooks():
+    """D's real and fake passes, its R1 pass and G's pass all go through `discriminate` with the
+    step, and both generated batches come from `latents`: what CDC's schedule relies on."""
+    torch.manual_seed(6)
+    g, d = model.Generator(8, 8, 1, channel_max=8), model.Discriminator(8, channel_max=8)
+    g_ema = copy.deepcopy(g)
+    args = unlearn.create_argparser().parse_args(["--ckpt", "x", "--feedback", "x", "--batch", "4"])
+    calls = []
+
+    def latents(batch, step):
+        calls.append(("latents", step))
+        return [torch.zeros(batch, 8)]
+
+    def discriminate(d, images, step):
+        calls.append(("judge", step, images.requires_grad))
+        return d(images)
+    g_optim, d_optim = gan.make_optimizers(g, d, args)
+    step = gan.GANStep(g, d, g_ema, args, g_optim, d_optim, latents=latents, discriminate=discriminate)
+    step(torch.randn(4, 3, 8, 8), 16)  # a step with R1 (d_reg_every 16)
+    assert [c[:2] for c in calls] == [("latents", 16), ("judge", 16), ("judge", 16), ("judge", 16),
+                                      ("latents", 16), ("judge", 16)]
+    assert calls[3][2]  # the R1 pass sees the real images with their gradient on
+
+
+@pytest.mark.parametrize("term_of", [fewshot.CDCTerm, fewshot.RSSATerm])
+def test_the_consistency_terms_vanish_at_the_source_and_train_only_the_target(term_of):
+    """At G_t = G_s the term is 0 (a fresh generator's noise strengths are 0, so CDC's random noise
+    does not matter); once G_t moves it is positive, and its gradient reaches G_t, never G_s."""
+    torch.manual_seed(7)
+    g = model.Generator(32, 8, 1, channel_max=8)
+    source = copy.deepcopy(g).requires_grad_(False)
+    term = term_of(source)
+    for step in (0, 1):
+        assert float(term(g, step).detach()) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for conv in g.convs:
+            conv.conv.weight.add_(0.3 * torch.randn_like(conv.conv.weight))
+    loss = term(g, 0)
+    loss.backward()
+    assert float(loss) > 1e-4
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.convs.parameters())
+    assert all(p.grad is None for p in source.parameters())
